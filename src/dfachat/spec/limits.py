@@ -1,0 +1,45 @@
+"""Protocol constants and limits: each number is stated here once.
+
+The rules in :mod:`dfachat.spec.rules` quote these by name; the server
+announces the negotiable ones in HELLO_OK; the codec enforces the field
+bounds; the engine takes a :class:`Limits` as a constructor argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["DEFAULT_PORT", "LIMITS", "MAGIC", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Limits"]
+
+MAGIC = b"DF"
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+DEFAULT_PORT = 33318
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Every bound of protocol version 1. Frozen: pass a new one to change a limit."""
+
+    default_port: int = DEFAULT_PORT
+    max_frame: int = 65536  # bytes, header and checksum included (R2.4)
+    max_name: int = 32  # characters in a user name (R4.1)
+    max_text: int = 4096  # code points in a chat text (R4.2)
+    max_recipients: int = 32  # names in one MSG (R4.3)
+    max_password: int = 256  # code points (R4.4)
+    max_versions: int = 8  # entries in HELLO (R4.5)
+    max_software: int = 64  # characters of a software name (R4.8)
+    max_names_per_frame: int = 1024  # names in one AUTH_OK or USERS frame (R4.9)
+    max_reason: int = 512  # characters of an ERROR's reason text (R4.12)
+    login_attempts: int = 3  # failed logins before the server closes (R6.3)
+    backoff_base_ms: int = 250  # first failed-login delay (R6.4)
+    backoff_max_ms: int = 8000  # cap of that delay (R6.4)
+    backoff_window_s: int = 900  # how long failures are remembered (R6.4)
+    idle_timeout_s: int = 120  # silence before IDLE_TIMEOUT (R6.8, R9.2)
+    max_output_buffer: int = 1 << 20  # bytes queued per session before SLOW_CONSUMER (R9.3)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+LIMITS = Limits()

@@ -1,0 +1,270 @@
+"""The DFA of each role, declared once as a ``transitions`` machine.
+
+A role's session is in exactly one state. A trigger is a message and a
+direction (``recv_USER``, ``send_AUTH_OK``), or the pseudo-trigger
+``closed`` (the transport ended). A transition names its source, its
+destination (``None``: an internal transition, the state does not change),
+optional guards over the message (``conditions``/``unless``, tried in
+declaration order), optional actions the engine runs after it (``after``),
+and the rule that allows it.
+
+The machine built here is the declaration and the diagram source. The
+engine in :mod:`dfachat.fsm` does not run it per session: it runs a frozen
+table generated from this machine at import, and a test proves the two agree
+on every state and trigger.
+
+What may cross in flight, and why both tables agree on it:
+
+* A client waiting for a reply (AWAIT_HELLO_OK, AWAIT_AUTH, AWAIT_ACK,
+  AWAIT_USERS) sends nothing but PONG, so the server, whose matching states
+  (NEGOTIATING, AUTHENTICATING, ROUTING, LISTING) owe that reply, needs no
+  rows for anything else.
+* Pushes (DELIVER, JOINED, LEFT, PING, non-fatal ERROR) may reach a client
+  in any state after AUTH_OK, including AWAIT_BYE, because the server may
+  have sent them before it read the client's QUIT (R8.4, R10.4).
+* A QUIT or MSG crossing the server's BYE or fatal ERROR arrives at a server
+  in CLOSED, which discards it (R12.4); the client learns from BYE that its
+  MSG was not processed (R10.3).
+* A client PING and its PONG: the client may send QUIT right after PING;
+  the server, processing frames in order, answers PONG before it reads QUIT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transitions import Machine
+from transitions.core import Transition
+
+from dfachat.spec.codes import ErrorFlags, ListFlags
+
+__all__ = [
+    "ACTIONS",
+    "CLOSED_TRIGGER",
+    "GUARDS",
+    "ROLES",
+    "STATES",
+    "TRANSITIONS",
+    "RuleTransition",
+    "StateSpec",
+    "build_machine",
+]
+
+ROLES = ("server", "client")
+CLOSED_TRIGGER = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpec:
+    name: str
+    phase: str  # handshake, authentication, chat, closing
+    doc: str
+    rule: str  # cited when a message arrives that this state has no row for
+    authenticated: bool = False  # after AUTH_OK: the server survives protocol errors here (R11.3)
+    discards_input: bool = False  # everything received here is dropped (R12.4)
+    initial: bool = False
+    terminal: bool = False
+
+
+def _s(name: str, phase: str, doc: str, rule: str, **flags: bool) -> StateSpec:
+    return StateSpec(name, phase, doc, rule, **flags)
+
+
+STATES: dict[str, tuple[StateSpec, ...]] = {
+    "server": (
+        _s("AWAIT_HELLO", "handshake", "connection accepted; waiting for HELLO", "R5.1", initial=True),
+        _s("NEGOTIATING", "handshake", "HELLO received; owes HELLO_OK or a fatal ERROR", "R5.5"),
+        _s("AWAIT_USER", "authentication", "waiting for USER", "R6.1"),
+        _s("AWAIT_PASS", "authentication", "USER received; waiting for PASS", "R6.1"),
+        _s("AUTHENTICATING", "authentication", "PASS received; owes AUTH_OK or AUTH_FAILED", "R6.1"),
+        _s("ESTABLISHED", "chat", "authenticated and idle", "R12.1", authenticated=True),
+        _s("ROUTING", "chat", "MSG received; owes MSG_ACK", "R7.2", authenticated=True),
+        _s("LISTING", "chat", "owes USERS frames, the last without MORE", "R7.2", authenticated=True),
+        _s("CLOSING", "closing", "QUIT received; owes BYE", "R10.2", discards_input=True),
+        _s("CLOSED", "closing", "the session is over", "R12.4", discards_input=True, terminal=True),
+    ),
+    "client": (
+        _s("CONNECTED", "handshake", "connection open; must send HELLO", "R5.1", initial=True),
+        _s("AWAIT_HELLO_OK", "handshake", "HELLO sent; waiting for HELLO_OK", "R5.5"),
+        _s("SEND_USER", "authentication", "must send USER (or QUIT)", "R6.1"),
+        _s("SEND_PASS", "authentication", "USER sent; must send PASS (or QUIT)", "R6.1"),
+        _s("AWAIT_AUTH", "authentication", "PASS sent; waiting for AUTH_OK or AUTH_FAILED", "R6.5"),
+        _s("ESTABLISHED", "chat", "authenticated and idle", "R12.1", authenticated=True),
+        _s("AWAIT_ACK", "chat", "MSG sent; waiting for MSG_ACK", "R7.3", authenticated=True),
+        _s("AWAIT_USERS", "chat", "waiting for USERS frames, the last without MORE", "R8.3", authenticated=True),
+        _s("AWAIT_BYE", "closing", "QUIT sent; waiting for BYE", "R10.2", authenticated=True),
+        _s("CLOSED", "closing", "the session is over", "R12.4", discards_input=True, terminal=True),
+    ),
+}
+
+
+# Guards: predicates over (session, message), named in transitions' conditions.
+def _is_fatal(session: Any, message: Any) -> bool:
+    return bool(message.flags & ErrorFlags.FATAL)
+
+
+def _has_more(session: Any, message: Any) -> bool:
+    return bool(message.flags & ListFlags.MORE)
+
+
+def _has_attempts(session: Any, message: Any) -> bool:
+    return message.attempts_left > 0
+
+
+def _regards(type_name: str) -> Any:
+    def guard(session: Any, message: Any) -> bool:
+        from dfachat.spec.messages import MESSAGES_BY_NAME
+
+        return message.regarding == MESSAGES_BY_NAME[type_name].code
+
+    return guard
+
+
+def _matches_offer(session: Any, message: Any) -> bool:
+    return message.version in session.offered_versions and message.encoding == session.encoding
+
+
+GUARDS = {
+    "is_fatal": _is_fatal,
+    "has_more": _has_more,
+    "has_attempts": _has_attempts,
+    "regards_MSG": _regards("MSG"),
+    "regards_LIST": _regards("LIST"),
+    "matches_offer": _matches_offer,
+}
+
+# Actions: what the engine does after a transition; each is a method of the engine's session.
+ACTIONS = {
+    "adopt_encoding": "HELLO_OK fixes the session's version and encoding (R5.4)",
+    "authenticate": "AUTH_OK fixes the session's user name (R6.5)",
+    "count_failure": "AUTH_FAILED counts a failed login (R6.3)",
+}
+
+
+def _t(
+    trigger: str,
+    source: str | tuple[str, ...],
+    dest: str | None,
+    rule: str,
+    *,
+    when: str | None = None,
+    unless: str | None = None,
+    after: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "trigger": trigger,
+        "source": list(source) if isinstance(source, tuple) else source,
+        "dest": dest,
+        "conditions": [when] if when else [],
+        "unless": [unless] if unless else [],
+        "after": [after] if after else [],
+        "rule": rule,
+    }
+
+
+def _everywhere(role: str, *, but: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(s.name for s in STATES[role] if s.name not in but)
+
+
+_SERVER_AUTHED = ("ESTABLISHED", "ROUTING", "LISTING")
+_SERVER_OPEN = _everywhere("server", but=("CLOSED",))
+_CLIENT_AUTHED = ("ESTABLISHED", "AWAIT_ACK", "AWAIT_USERS", "AWAIT_BYE")
+_CLIENT_PRE_AUTH = ("CONNECTED", "AWAIT_HELLO_OK", "SEND_USER", "SEND_PASS", "AWAIT_AUTH")
+
+TRANSITIONS: dict[str, list[dict[str, Any]]] = {
+    "server": [
+        _t("recv_HELLO", "AWAIT_HELLO", "NEGOTIATING", "R5.1"),
+        _t("send_HELLO_OK", "NEGOTIATING", "AWAIT_USER", "R5.4", after="adopt_encoding"),
+        _t("recv_USER", "AWAIT_USER", "AWAIT_PASS", "R6.1"),
+        _t("recv_PASS", "AWAIT_PASS", "AUTHENTICATING", "R6.1"),
+        _t("send_AUTH_OK", "AUTHENTICATING", "LISTING", "R6.5", when="has_more", after="authenticate"),
+        _t("send_AUTH_OK", "AUTHENTICATING", "ESTABLISHED", "R6.5", after="authenticate"),
+        _t("send_AUTH_FAILED", "AUTHENTICATING", "AWAIT_USER", "R6.3", when="has_attempts", after="count_failure"),
+        _t("send_AUTH_FAILED", "AUTHENTICATING", "CLOSED", "R6.3", after="count_failure"),
+        _t("recv_MSG", "ESTABLISHED", "ROUTING", "R7.1"),
+        _t("send_MSG_ACK", "ROUTING", "ESTABLISHED", "R7.3"),
+        _t("recv_LIST", "ESTABLISHED", "LISTING", "R8.3"),
+        _t("send_USERS", "LISTING", None, "R8.3", when="has_more"),
+        _t("send_USERS", "LISTING", "ESTABLISHED", "R8.3"),
+        _t("recv_PING", "ESTABLISHED", None, "R9.1"),
+        _t("send_PONG", _SERVER_AUTHED, None, "R9.1"),
+        _t("send_PING", _SERVER_AUTHED, None, "R9.1"),
+        _t("recv_PONG", _SERVER_AUTHED, None, "R9.1"),
+        _t("send_DELIVER", _SERVER_AUTHED, None, "R7.5"),
+        _t("send_JOINED", _SERVER_AUTHED, None, "R8.1"),
+        _t("send_LEFT", _SERVER_AUTHED, None, "R8.2"),
+        _t("send_ERROR", _SERVER_AUTHED, None, "R11.3", unless="is_fatal"),
+        _t("recv_QUIT", ("AWAIT_USER", "AWAIT_PASS", "ESTABLISHED"), "CLOSING", "R10.1"),
+        _t("send_BYE", _SERVER_OPEN, "CLOSED", "R10.2"),
+        _t("send_ERROR", _SERVER_OPEN, "CLOSED", "R10.4", when="is_fatal"),
+        _t("recv_ERROR", _everywhere("server", but=("CLOSING", "CLOSED")), "CLOSED", "R11.3", when="is_fatal"),
+        _t(CLOSED_TRIGGER, _SERVER_OPEN, "CLOSED", "R10.5"),
+        _t(CLOSED_TRIGGER, "CLOSED", None, "R10.5"),
+    ],
+    "client": [
+        _t("send_HELLO", "CONNECTED", "AWAIT_HELLO_OK", "R5.1"),
+        _t("recv_HELLO_OK", "AWAIT_HELLO_OK", "SEND_USER", "R5.5", when="matches_offer", after="adopt_encoding"),
+        _t("send_USER", "SEND_USER", "SEND_PASS", "R6.1"),
+        _t("send_PASS", "SEND_PASS", "AWAIT_AUTH", "R6.1"),
+        _t("recv_AUTH_OK", "AWAIT_AUTH", "AWAIT_USERS", "R6.5", when="has_more", after="authenticate"),
+        _t("recv_AUTH_OK", "AWAIT_AUTH", "ESTABLISHED", "R6.5", after="authenticate"),
+        _t("recv_AUTH_FAILED", "AWAIT_AUTH", "SEND_USER", "R6.3", when="has_attempts", after="count_failure"),
+        _t("recv_AUTH_FAILED", "AWAIT_AUTH", "CLOSED", "R6.3", after="count_failure"),
+        _t("send_MSG", "ESTABLISHED", "AWAIT_ACK", "R7.2"),
+        _t("recv_MSG_ACK", "AWAIT_ACK", "ESTABLISHED", "R7.3"),
+        _t("recv_ERROR", "AWAIT_ACK", "ESTABLISHED", "R7.9", when="regards_MSG", unless="is_fatal"),
+        _t("send_LIST", "ESTABLISHED", "AWAIT_USERS", "R8.3"),
+        _t("recv_USERS", "AWAIT_USERS", None, "R8.3", when="has_more"),
+        _t("recv_USERS", "AWAIT_USERS", "ESTABLISHED", "R8.3"),
+        _t("recv_ERROR", "AWAIT_USERS", "ESTABLISHED", "R8.3", when="regards_LIST", unless="is_fatal"),
+        _t("send_PING", "ESTABLISHED", None, "R9.1"),
+        _t("send_PONG", ("ESTABLISHED", "AWAIT_ACK", "AWAIT_USERS"), None, "R9.1"),
+        _t("recv_PING", _CLIENT_AUTHED, None, "R8.4"),
+        _t("recv_PONG", _CLIENT_AUTHED, None, "R8.4"),
+        _t("recv_DELIVER", _CLIENT_AUTHED, None, "R8.4"),
+        _t("recv_JOINED", _CLIENT_AUTHED, None, "R8.4"),
+        _t("recv_LEFT", _CLIENT_AUTHED, None, "R8.4"),
+        _t("recv_ERROR", _CLIENT_AUTHED, None, "R11.2", unless="is_fatal"),
+        _t("send_QUIT", ("SEND_USER", "SEND_PASS", "ESTABLISHED"), "AWAIT_BYE", "R10.1"),
+        _t("recv_BYE", _everywhere("client", but=("CLOSED",)), "CLOSED", "R10.3"),
+        _t("recv_ERROR", _CLIENT_PRE_AUTH, "CLOSED", "R6.7", when="is_fatal"),
+        _t("recv_ERROR", _CLIENT_AUTHED, "CLOSED", "R10.4", when="is_fatal"),
+        _t("send_ERROR", _everywhere("client", but=("CLOSED",)), "CLOSED", "R11.3", when="is_fatal"),
+        _t(CLOSED_TRIGGER, _everywhere("client", but=("CLOSED",)), "CLOSED", "R10.5"),
+        _t(CLOSED_TRIGGER, "CLOSED", None, "R10.5"),
+    ],
+}
+
+
+class RuleTransition(Transition):
+    """A transitions ``Transition`` that also carries the spec rule allowing it."""
+
+    def __init__(self, *args: Any, rule: str = "R12.1", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rule = rule
+
+
+class SpecMachine(Machine):
+    transition_cls = RuleTransition
+
+
+def build_machine(role: str, model: Any = None, *, machine_cls: type[Machine] = SpecMachine) -> Machine:
+    """The transitions machine of ``role`` (``"server"`` or ``"client"``).
+
+    With ``model=None`` the machine has no model: it is the declaration the
+    engine's table, the documents and the diagrams are generated from. Pass a
+    model (with a method per guard name taking the transitions ``EventData``)
+    to run it.
+    """
+    states = STATES[role]
+    return machine_cls(
+        model=model,
+        states=[s.name for s in states],
+        transitions=[dict(t) for t in TRANSITIONS[role]],
+        initial=next(s.name for s in states if s.initial),
+        auto_transitions=False,
+        send_event=True,
+        ignore_invalid_triggers=False,
+        queued=False,
+    )

@@ -1,0 +1,286 @@
+"""The numbered rules of protocol version 1.
+
+Every check, error and document cites these ids. A rule's text is normative:
+the generated protocol document prints it verbatim, the errors carry its id,
+and the state tables point at it. Limits are written as ``{name}``
+placeholders filled from :data:`dfachat.spec.limits.LIMITS`, so a number is
+stated once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RULES", "SECTIONS", "Rule", "Section", "rule_text"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    level: str  # MUST, SHOULD or MAY: how the conformance fuzzer grades a deviation
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    number: int
+    title: str
+    intro: str
+    rules: tuple[Rule, ...]
+
+
+def _section(number: int, title: str, intro: str, *rules: tuple[str, str]) -> Section:
+    return Section(
+        number,
+        title,
+        intro,
+        tuple(Rule(f"R{number}.{i}", level, text) for i, (level, text) in enumerate(rules, 1)),
+    )
+
+
+SECTIONS: tuple[Section, ...] = (
+    _section(
+        1,
+        "Transport and conventions",
+        "The key words MUST, MUST NOT, SHOULD and MAY are used as in RFC 2119. "
+        "A MUST rule broken is a conformance failure; a SHOULD rule broken is reported as non-strict.",
+        ("MUST", "dfachat runs over one reliable, ordered byte stream per session (TCP, optionally TLS). "
+                 "The default port is {default_port}."),
+        ("MUST", "Every integer on the wire is unsigned and big-endian (network byte order)."),
+        ("MUST", "A session is one connection, from accept to close. A client opens it; the server "
+                 "never opens connections."),
+        ("MAY", "A server at capacity MAY answer a new connection with a fatal ERROR SERVER_FULL as "
+                "its first frame and close it."),
+    ),
+    _section(
+        2,
+        "Framing",
+        "Every message travels as one frame: a fixed header, the payload, and a checksum.",
+        ("MUST", "Every frame starts with the two magic bytes 0x44 0x46 (ASCII \"DF\"). Other bytes "
+                 "there are a framing error (BAD_MAGIC)."),
+        ("MUST", "Header byte 2 is the protocol version of the frame; in version 1 it is 1. Any other "
+                 "value is a framing error (UNSUPPORTED_VERSION)."),
+        ("MUST", "Header byte 3 is the message type. A type this version does not define, in an "
+                 "otherwise intact frame, is a payload error (UNKNOWN_TYPE)."),
+        ("MUST", "Header bytes 4-7 are the payload length. A whole frame (header, payload and "
+                 "checksum) MUST NOT exceed {max_frame} bytes; a receiver rejects a larger length as "
+                 "soon as the header has arrived, without waiting for the payload (FRAME_TOO_LARGE)."),
+        ("MUST", "The last 4 bytes are the CRC-32 (IEEE 802.3, the polynomial of zlib and Ethernet) of "
+                 "the header and the payload. A mismatch is a framing error (CHECKSUM_MISMATCH)."),
+        ("MUST", "A payload holds exactly the fields its layout declares. A field, length or count that "
+                 "needs more bytes than the payload has left is a payload error (MALFORMED_PAYLOAD)."),
+        ("MUST", "Bytes left over after a payload's last field are a payload error (MALFORMED_PAYLOAD)."),
+        ("MUST", "After a framing error (R2.1, R2.2, R2.4, R2.5) the next frame boundary cannot be "
+                 "trusted: the receiver MUST NOT resynchronise; it sends a fatal ERROR where it may "
+                 "send and closes. After a payload error (R2.3, R2.6, R2.7, section 3, section 4) the "
+                 "frame was delimited and checksummed, so the receiver discards that frame whole and "
+                 "goes on with the next one, where the session survives the error (R6.7, R11.3)."),
+        ("MUST", "A connection that ends in the middle of a frame loses that partial frame; it is "
+                 "reported locally as TRUNCATED_FRAME (no reply is possible)."),
+    ),
+    _section(
+        3,
+        "Text encodings",
+        "The seed protocol let each user pick a text encoding; dfachat keeps that promise and "
+        "makes every conversion visible.",
+        ("MUST", "A client names one encoding from the table of encodings in HELLO, spelled exactly "
+                 "as listed. The server supports all of them."),
+        ("MUST", "TEXT fields (chat text, passwords) travel in the session's negotiated encoding, in "
+                 "both directions, as a 16-bit byte length followed by the encoded bytes. The server "
+                 "decodes what a sender sends and re-encodes it for each recipient's session."),
+        ("MUST", "utf-16 and utf-32 mean big-endian without a byte order mark. A sender MUST NOT "
+                 "write a BOM and a receiver MUST NOT strip one: U+FEFF at the start of a text is "
+                 "content (ZERO WIDTH NO-BREAK SPACE) and is delivered as such. No encoding uses a BOM."),
+        ("MUST", "A TEXT field MUST be valid in its encoding: malformed or overlong UTF-8, surrogate "
+                 "code points in any UTF, an odd byte count in utf-16 or one not a multiple of 4 in "
+                 "utf-32, values above U+10FFFF, bytes 0x80 and above in ascii, and the five bytes "
+                 "cp1252 leaves undefined (0x81 0x8D 0x8F 0x90 0x9D) are INVALID_TEXT."),
+        ("MUST", "When a recipient's encoding cannot represent a character of a text, the server "
+                 "replaces each such character with '?' (U+003F), sets the LOSSY flag of that "
+                 "recipient's DELIVER and reports LOSSY for that recipient in the sender's MSG_ACK. "
+                 "Text is never truncated, and nothing is dropped or changed without one of these marks."),
+        ("MUST", "For a message stored for an offline recipient the recipient's encoding is not yet "
+                 "known: MSG_ACK reports QUEUED, and the LOSSY flag, if any, reaches the recipient "
+                 "on the DELIVER at login."),
+        ("MUST", "NAME, IDENT and REASON fields are ASCII whatever the session's encoding, so they "
+                 "can be read before the encoding is negotiated."),
+    ),
+    _section(
+        4,
+        "Fields and limits",
+        "Every field has a type with bounds. The numbers below are the defaults a server announces "
+        "in HELLO_OK; a server MAY announce lower ones.",
+        ("MUST", "A user name is 1 to {max_name} ASCII characters: a letter first, then letters, "
+                 "digits, '_', '.' or '-'. Names are matched case-insensitively; the server reports "
+                 "each account's registered spelling."),
+        ("MUST", "A chat text is 0 to {max_text} code points once decoded."),
+        ("MUST", "A MSG names at most {max_recipients} recipients, no name twice (case-insensitively)."),
+        ("MUST", "A password is 1 to {max_password} code points once decoded."),
+        ("MUST", "HELLO lists 1 to {max_versions} distinct protocol versions."),
+        ("MUST", "An enumerated field (outcome, reason, error code) holds one of the values its "
+                 "table lists."),
+        ("MUST", "Flag bits a layout marks reserved are zero."),
+        ("MUST", "A software name (client or server) is 1 to {max_software} printable ASCII "
+                 "characters (0x20-0x7E); an encoding name is 1 to 16 characters of a-z, 0-9 and '-'."),
+        ("MUST", "An AUTH_OK or USERS frame lists at most {max_names_per_frame} names; longer lists "
+                 "continue in further USERS frames (R8.3)."),
+        ("MUST", "A field that breaks R4.1 to R4.9 makes its frame a payload error (FIELD_INVALID). "
+                 "A sender MUST NOT send such a field."),
+        ("MUST", "A client MUST respect the limits the server announces in HELLO_OK."),
+        ("MUST", "An ERROR's reason text is 0 to {max_reason} printable ASCII characters."),
+    ),
+    _section(
+        5,
+        "Handshake",
+        "The handshake fixes the protocol version and the session's text encoding.",
+        ("MUST", "A client's first frame is HELLO: the versions it supports, its encoding and its "
+                 "software name."),
+        ("MUST", "The server chooses the highest version both sides support. When there is none it "
+                 "answers a fatal ERROR UNSUPPORTED_VERSION."),
+        ("MUST", "When the server does not support the encoding it answers a fatal ERROR "
+                 "UNSUPPORTED_ENCODING."),
+        ("MUST", "Otherwise the server answers HELLO_OK with the chosen version, the encoding, its "
+                 "software name and the limits of section 4 and section 9; from then on both sides "
+                 "use that encoding for TEXT fields."),
+        ("MUST", "A client sends nothing after HELLO until HELLO_OK arrives, and checks that HELLO_OK "
+                 "names a version it offered and the encoding it asked for."),
+    ),
+    _section(
+        6,
+        "Authentication",
+        "As in the seed: a user name, then a password.",
+        ("MUST", "After HELLO_OK the client sends USER, then PASS, without waiting between them."),
+        ("MUST", "The server does not answer USER, and answers an unknown user exactly as a wrong "
+                 "password (AUTH_FAILED), so that accounts cannot be enumerated."),
+        ("MUST", "AUTH_FAILED carries the attempts left in this session; after {login_attempts} "
+                 "failures it carries 0 and the server closes the connection after it. After a "
+                 "failure with attempts left, the client starts again with USER."),
+        ("MUST", "Failed logins cost time: the server delays each AUTH_FAILED by "
+                 "{backoff_base_ms} ms doubled for every earlier failure within {backoff_window_s} s "
+                 "for the same account or from the same peer address, up to {backoff_max_ms} ms. "
+                 "The record of failures expires {backoff_window_s} s after the last one, so a guesser "
+                 "is slowed to a few tries a minute but can never lock a real user out for good."),
+        ("MUST", "On success the server answers AUTH_OK with the account's registered name and the "
+                 "users online, the new user included; when the list does not fit (R4.9) AUTH_OK has "
+                 "the MORE flag and USERS frames carry the rest, the last without MORE."),
+        ("MUST", "When an account logs in while it already has a session, the new session wins: the "
+                 "old one gets a fatal ERROR SESSION_REPLACED and is closed, the others see LEFT "
+                 "(reason REPLACED) for it and then JOINED for the new one."),
+        ("MUST", "Until AUTH_OK every protocol error is fatal: the server answers any malformed or "
+                 "unexpected frame with a fatal ERROR and closes."),
+        ("MUST", "A session that is not authenticated within {idle_timeout_s} s of its last frame gets "
+                 "a fatal ERROR IDLE_TIMEOUT."),
+    ),
+    _section(
+        7,
+        "Messages",
+        "Chat messages go from a client to the server and from the server to their recipients.",
+        ("MUST", "MSG carries a message id the client chooses, the recipients (none means everyone "
+                 "online but the sender) and the text."),
+        ("MUST", "A client has at most one MSG or LIST outstanding: after MSG it sends no MSG or LIST "
+                 "until MSG_ACK, or an ERROR regarding MSG, arrives."),
+        ("MUST", "The server answers every MSG it accepts with exactly one MSG_ACK carrying the "
+                 "client's message id and a server message id that is strictly greater than every "
+                 "one it issued before, restarts included."),
+        ("MUST", "For a directed MSG, MSG_ACK has one result per named recipient, in the MSG's order: "
+                 "DELIVERED, LOSSY (delivered with replacements, R3.5), QUEUED (registered but "
+                 "offline: stored, R7.7) or UNKNOWN_USER (no such account: dropped). For a broadcast "
+                 "the results are empty. In both cases MSG_ACK counts the recipients that received it "
+                 "now (delivered, including lossy ones) and how many of those copies were lossy."),
+        ("MUST", "DELIVER carries the server message id, the server's time in milliseconds since "
+                 "1970-01-01 UTC, the sender's registered name, the flags DIRECTED (named recipient, "
+                 "not a broadcast), LOSSY (R3.5) and STORED (held for an offline user, R7.7), and the "
+                 "text."),
+        ("MUST", "A recipient receives each server message id at most once, and the messages of one "
+                 "sender in the order the server acknowledged them."),
+        ("MUST", "A directed MSG to a registered user who is offline is stored durably before its "
+                 "MSG_ACK (QUEUED) is sent; the server delivers stored messages, oldest first and "
+                 "flagged STORED, right after that user's next successful login, and only then "
+                 "forgets them. Broadcasts are never stored."),
+        ("MUST", "A sender MAY name itself as a recipient and then receives the message; a broadcast "
+                 "never reaches its sender."),
+        ("MUST", "A MSG the server rejects (a payload error) is answered with a non-fatal ERROR "
+                 "regarding MSG instead of MSG_ACK; the client may then send again."),
+    ),
+    _section(
+        8,
+        "Presence",
+        "The seed announced every new arrival to everyone; dfachat also announces departures.",
+        ("MUST", "When a session authenticates, every other authenticated session receives JOINED "
+                 "with its name."),
+        ("MUST", "When an authenticated session ends, however it ends, every other authenticated "
+                 "session receives exactly one LEFT with its name and the reason."),
+        ("MUST", "LIST is answered with USERS frames listing every user online, the asker included; "
+                 "every frame but the last has the MORE flag. A non-fatal ERROR regarding LIST "
+                 "answers a LIST the server rejects."),
+        ("MUST", "JOINED, LEFT, DELIVER, PING and non-fatal ERROR frames may reach a client in any "
+                 "state after AUTH_OK, including while it waits for MSG_ACK, USERS or BYE."),
+    ),
+    _section(
+        9,
+        "Keep-alive, time-outs and resources",
+        "A server must survive peers that stall, vanish or flood.",
+        ("MUST", "After AUTH_OK either side MAY send PING; the other answers PONG with the same nonce "
+                 "(a client does not answer once it has sent QUIT). A client sends PING only when "
+                 "it is not waiting for a reply."),
+        ("MUST", "An authenticated session that has sent nothing for {idle_timeout_s} s gets a fatal "
+                 "ERROR IDLE_TIMEOUT; the server SHOULD PING it after half that time. Every frame "
+                 "counts as activity."),
+        ("MUST", "The server bounds the bytes queued for each session ({max_output_buffer} by "
+                 "default); a session whose queue overflows gets a fatal ERROR SLOW_CONSUMER."),
+        ("MUST", "A server MAY bound the bytes a session sends per second; a session over the bound "
+                 "gets a fatal ERROR RATE_LIMITED."),
+    ),
+    _section(
+        10,
+        "Closing",
+        "Either side can end a session; the protocol makes every ending explicit.",
+        ("MUST", "A client MAY send QUIT when it is not waiting for a reply; after QUIT it sends "
+                 "nothing more."),
+        ("MUST", "The server answers QUIT with BYE (reason QUIT) and closes; frames that arrive after "
+                 "QUIT are discarded."),
+        ("MUST", "A server shutting down sends BYE (reason SHUTDOWN) to every session, in any state, "
+                 "and closes. It processed nothing the session sent after that BYE; a MSG without "
+                 "MSG_ACK was not delivered."),
+        ("MUST", "A fatal ERROR is the last frame its sender sends; the sender then closes the "
+                 "connection."),
+        ("MAY", "Either side MAY close the connection without QUIT or BYE; the server treats it as a "
+                "dropped session (LEFT reason DROPPED)."),
+    ),
+    _section(
+        11,
+        "Errors",
+        "ERROR reports a broken rule to the peer.",
+        ("MUST", "ERROR carries the error code, the FATAL flag, the type code of the frame it is about "
+                 "(0 when none or unknown), the id of the rule that was broken and a short reason text."),
+        ("MUST", "A non-fatal ERROR changes no state, except that one regarding the MSG or LIST a "
+                 "client waits on ends that wait (R7.9, R8.3)."),
+        ("MUST", "After AUTH_OK the server survives payload errors and unexpected messages: it "
+                 "answers a non-fatal ERROR and goes on. A client never does: on a malformed or "
+                 "unexpected frame it MAY send a fatal ERROR and MUST close."),
+        ("MUST", "A server that cannot go on for a reason of its own sends a fatal ERROR "
+                 "INTERNAL_ERROR and closes."),
+    ),
+    _section(
+        12,
+        "State machines",
+        "Each role follows its state table; the tables below are generated from the same "
+        "declaration the reference engine runs.",
+        ("MUST", "A message received in a state whose table has no row for it is UNEXPECTED_MESSAGE "
+                 "(fatal before AUTH_OK, R6.7; non-fatal after, at the server, R11.3)."),
+        ("MUST", "A role MUST NOT send a message in a state whose table has no row for it."),
+        ("MUST", "A message type a role never receives (for example DELIVER at a server) is "
+                 "UNEXPECTED_MESSAGE in every state."),
+        ("MUST", "The server discards everything it receives in CLOSING and CLOSED; a client "
+                 "discards everything it receives in CLOSED."),
+    ),
+)
+
+RULES: dict[str, Rule] = {rule.id: rule for section in SECTIONS for rule in section.rules}
+
+
+def rule_text(rule_id: str) -> str:
+    """The rule's text with every limit filled in."""
+    from dfachat.spec.limits import LIMITS
+
+    return RULES[rule_id].text.format(**LIMITS.as_dict())
