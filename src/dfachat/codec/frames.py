@@ -234,6 +234,12 @@ class FrameDecoder:
             self._fail(err)
             raise err
 
+    def discard(self) -> int:
+        """Drop everything buffered (a session that ignores input, R12.4); returns the byte count."""
+        dropped = self.buffered
+        self._buf, self._pos = b"", 0
+        return dropped
+
     def _fail(self, err: FrameError) -> None:
         self._failed = err
         self._buf, self._pos = b"", 0

@@ -136,6 +136,7 @@ GUARDS = {
 
 # Actions: what the engine does after a transition; each is a method of the engine's session.
 ACTIONS = {
+    "offer": "HELLO records the versions and the encoding the client offers (R5.1, R5.5)",
     "adopt_encoding": "HELLO_OK fixes the session's version and encoding (R5.4)",
     "authenticate": "AUTH_OK fixes the session's user name (R6.5)",
     "count_failure": "AUTH_FAILED counts a failed login (R6.3)",
@@ -203,7 +204,7 @@ TRANSITIONS: dict[str, list[dict[str, Any]]] = {
         _t(CLOSED_TRIGGER, "CLOSED", None, "R10.5"),
     ],
     "client": [
-        _t("send_HELLO", "CONNECTED", "AWAIT_HELLO_OK", "R5.1"),
+        _t("send_HELLO", "CONNECTED", "AWAIT_HELLO_OK", "R5.1", after="offer"),
         _t("recv_HELLO_OK", "AWAIT_HELLO_OK", "SEND_USER", "R5.5", when="matches_offer", after="adopt_encoding"),
         _t("send_USER", "SEND_USER", "SEND_PASS", "R6.1"),
         _t("send_PASS", "SEND_PASS", "AWAIT_AUTH", "R6.1"),

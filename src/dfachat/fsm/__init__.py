@@ -1,0 +1,29 @@
+"""The sans-IO protocol engine: each role's state table, generated from the spec, and sessions.
+
+* :class:`ServerSession`, :class:`ClientSession` -- ``receive_data(bytes) -> events``,
+  ``send(message) -> bytes``, ``state``, ``closed``, ``must_close``;
+* :class:`ProtocolViolation`, :class:`ConnectionClosed` -- the events that are not messages;
+* :data:`TABLES` -- the frozen ``(role, state, trigger) -> branches`` table;
+* :class:`SessionPair` (in :mod:`.testing`) -- a client and a server joined in memory.
+"""
+
+from dfachat.fsm._table import TABLES, Branch, RoleTable, resolve
+from dfachat.fsm.events import ConnectionClosed, Event, ProtocolViolation, SessionEvent
+from dfachat.fsm.session import ClientSession, ServerSession, Session, make_error
+from dfachat.fsm.testing import SessionPair
+
+__all__ = [
+    "TABLES",
+    "Branch",
+    "ClientSession",
+    "ConnectionClosed",
+    "Event",
+    "ProtocolViolation",
+    "RoleTable",
+    "ServerSession",
+    "Session",
+    "SessionEvent",
+    "SessionPair",
+    "make_error",
+    "resolve",
+]

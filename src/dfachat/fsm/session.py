@@ -1,0 +1,348 @@
+"""The sans-IO protocol engine: bytes in, events out; messages in, bytes out.
+
+Rules this module keeps (in the manner of h11's ``_state``):
+
+* Everything that decides a next state comes from the table in
+  :mod:`._table`, generated from the spec's machines. The only behaviour
+  outside the table is stated here and in the spec: a state whose spec has
+  ``discards_input`` drops what arrives (R12.4); a fatal violation stops
+  decoding until the session closes (R10.4); which violations are fatal
+  (:meth:`Session._is_fatal`, R2.8, R6.7, R11.3).
+* No I/O, no clocks, no threads. ``receive_data`` never raises, whatever the
+  bytes; ``send`` raises :class:`~dfachat.errors.LocalProtocolError` when our
+  own side tries something the table forbids -- that is a bug, not input.
+* Frames are processed one at a time in order. A wrapper that answers
+  messages (a server) should use ``feed`` and ``next_event`` and answer each
+  event before taking the next: the protocol's meaning is sequential (a PING
+  followed by QUIT is answered PONG, then BYE). ``receive_data`` is the
+  convenience that takes every event at once.
+
+A session costs a few hundred bytes: ``__slots__`` and a shared table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from dfachat.codec.frames import FrameDecoder, encode
+from dfachat.codec.messages import ERROR, Message  # type: ignore[attr-defined]
+from dfachat.errors import FrameError, LocalProtocolError, UnexpectedMessage
+from dfachat.fsm._table import TABLES, Branch, RoleTable
+from dfachat.fsm.events import ConnectionClosed, Event, ProtocolViolation
+from dfachat.spec import (
+    ERROR_INFO,
+    LIMITS,
+    MESSAGES_BY_CODE,
+    SUPPORTED_VERSIONS,
+    ErrorCode,
+    ErrorFlags,
+    Limits,
+)
+
+__all__ = ["ClientSession", "ServerSession", "Session", "make_error"]
+
+_CLOSED = "CLOSED"
+
+
+def _reason_text(detail: str, limit: int) -> str:
+    """An ERROR reason is printable ASCII (R4.12): replace the rest, cut to the limit."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in detail)
+    return text[:limit]
+
+
+def make_error(
+    code: ErrorCode,
+    detail: str,
+    *,
+    rule: str | None = None,
+    fatal: bool | None = None,
+    regarding: int = 0,
+    limits: Limits = LIMITS,
+) -> Message:
+    """An ERROR message; ``rule`` and ``fatal`` default to the error table's (section 11)."""
+    info = ERROR_INFO[code]
+    return ERROR(
+        code=code,
+        flags=ErrorFlags.FATAL if (info.always_fatal if fatal is None else fatal) else ErrorFlags(0),
+        regarding=regarding,
+        rule=rule or info.rule,
+        reason=_reason_text(detail, limits.max_reason),
+    )
+
+
+class Session:
+    """One side of one session. Use :class:`ServerSession` or :class:`ClientSession`."""
+
+    role: ClassVar[str]
+    _table: ClassVar[RoleTable]
+    _recv: ClassVar[Any]  # _table.recv, one attribute lookup nearer
+    _discarding: ClassVar[frozenset[str]]  # states that drop input (R12.4)
+
+    __slots__ = (
+        "_state",
+        "_decoder",
+        "_encoding",
+        "_stopped",
+        "_eof",
+        "_close_reported",
+        "limits",
+        "version",
+        "user",
+        "failed_logins",
+        "offered_versions",
+    )
+
+    def __init__(self, *, limits: Limits = LIMITS, encoding: str = "utf-8") -> None:
+        self._state: str = self._table.initial
+        self._encoding = encoding
+        self._decoder = FrameDecoder(encoding, max_frame=limits.max_frame)
+        self._stopped = False  # a fatal violation: read nothing more
+        self._eof = False
+        self._close_reported = False
+        self.limits = limits
+        self.version: int | None = None
+        self.user: str | None = None
+        self.failed_logins = 0
+        self.offered_versions: tuple[int, ...] = ()
+
+    # --- what a wrapper needs to know -----------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def encoding(self) -> str:
+        """The session's text encoding (a wire name, R3.2)."""
+        return self._encoding
+
+    @property
+    def closed(self) -> bool:
+        """The session is over: close the transport once what ``send`` returned is written."""
+        return self._state == _CLOSED
+
+    @property
+    def must_close(self) -> bool:
+        """Closed, or a fatal violation is pending: send its reply, then close."""
+        return self._state == _CLOSED or self._stopped
+
+    @property
+    def authenticated(self) -> bool:
+        return self._table.states[self._state].authenticated
+
+    def can_send(self, message_type: type[Message] | Message) -> bool:
+        """Whether some row lets this session send a message of this type now (guards aside)."""
+        return message_type.TYPE in self._table.send[self._state]
+
+    # --- receiving --------------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes (``b""`` means the peer closed) and take every event they complete."""
+        self.feed(data)
+        return list(self.events())
+
+    def feed(self, data: bytes) -> None:
+        """Buffer bytes from the peer; ``b""`` means the peer closed the transport."""
+        if not data:
+            self._eof = True
+        elif not self._stopped and self._state != _CLOSED:
+            self._decoder.feed(data)
+
+    def events(self) -> Iterator[Event]:
+        while (event := self.next_event()) is not None:
+            yield event
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when more bytes are needed. Never raises."""
+        state = self._state
+        if not self._stopped and state not in self._discarding:
+            try:
+                message = self._decoder.next_message()
+            except FrameError as err:
+                return self._violation(err, err.message_type)
+            if message is not None:
+                branches = self._recv[state].get(message.TYPE)
+                if branches is not None:
+                    for branch in branches:
+                        if not branch.guards or branch.admits(self, message):
+                            if branch.dest is not None:
+                                self._state = branch.dest
+                            if branch.actions:
+                                self._run_actions(branch, message)
+                            return message
+                return self._violation(self._unexpected(message, branches), message.TYPE)
+        elif self._decoder.buffered:
+            self._decoder.discard()  # R12.4
+        if self._eof and not self._close_reported:
+            return self._connection_closed()
+        return None
+
+    def _connection_closed(self) -> ConnectionClosed:
+        error = None
+        if not self._stopped and self._state not in self._discarding:
+            try:
+                self._decoder.eof()
+            except FrameError as err:
+                error = err
+        clean = self._table.states[self._state].phase == "closing"
+        self._apply(self._table.closed[self._state], None)
+        self._close_reported = True
+        return ConnectionClosed(clean=clean and error is None, error=error)
+
+    def _unexpected(self, message: Message, branches: tuple[Branch, ...] | None) -> UnexpectedMessage:
+        state = self._state
+        if branches:
+            rule = branches[0].rule
+            detail = f"{message.NAME} in {state} fails {branches[0].describe_guards()}"
+        elif message.TYPE not in self._table.received_types:
+            rule = "R12.3"
+            detail = f"a {self.role} never receives {message.NAME}"
+        else:
+            rule = self._table.states[state].rule
+            detail = f"{message.NAME} is not allowed in {state}"
+        return UnexpectedMessage(detail, rule=rule, state=state, message_type=message.NAME)
+
+    def _is_fatal(self, error: Any) -> bool:
+        """Framing errors always (R2.8); anything before authentication (R6.7); at a client, anything (R11.3)."""
+        return True
+
+    def _violation(self, error: Any, type_code: int | None) -> ProtocolViolation:
+        fatal = bool(getattr(error, "fatal", False)) or self._is_fatal(error)
+        spec = MESSAGES_BY_CODE.get(type_code) if type_code is not None else None
+        code = ErrorCode[error.code_name]
+        reply = make_error(
+            code,
+            error.detail,
+            rule=error.rule,
+            fatal=fatal,
+            regarding=type_code if type_code is not None else 0,
+            limits=self.limits,
+        )
+        if fatal:
+            self._stopped = True
+            self._decoder.discard()
+        return ProtocolViolation(
+            error=error,
+            state=self._state,
+            message_type=spec.name if spec is not None else None,
+            fatal=fatal,
+            reply=reply,
+        )
+
+    # --- sending ----------------------------------------------------------------
+    def send(self, message: Message) -> bytes:
+        """The bytes for ``message``; the state moves as the table says.
+
+        Raises LocalProtocolError (with the state, message type and rule) when
+        the table has no row for it, or when the message cannot be encoded.
+        """
+        state = self._state
+        row = self._table.send[state]
+        try:
+            branches = row.get(message.TYPE)
+        except AttributeError:
+            raise TypeError(f"not a dfachat message: {message!r}") from None
+        if branches is None:
+            raise LocalProtocolError(
+                f"a {self.role} cannot send {message.NAME} in {state}",
+                rule="R12.2",
+                state=state,
+                message_type=message.NAME,
+            )
+        for branch in branches:
+            if not branch.guards or branch.admits(self, message):
+                break
+        else:
+            raise LocalProtocolError(
+                f"{message.NAME} in {state} fails {branches[0].describe_guards()}",
+                rule=branches[0].rule,
+                state=state,
+                message_type=message.NAME,
+            )
+        try:
+            data = encode(message, self._encoding)
+        except FrameError as err:
+            raise LocalProtocolError(
+                f"cannot send {message.NAME}: {err.detail}", rule=err.rule, state=state, message_type=message.NAME
+            ) from err
+        self._apply(branch, message)
+        return data
+
+    def close(self) -> None:
+        """Our side ended the transport (or saw it fail): the session is CLOSED."""
+        if self._state != _CLOSED:
+            self._apply(self._table.closed[self._state], None)
+        self._close_reported = True
+
+    # --- transitions and their actions (spec ACTIONS) --------------------------
+    def _apply(self, branch: Branch, message: Message | None) -> None:
+        if branch.dest is not None:
+            self._state = branch.dest
+        if branch.actions:
+            self._run_actions(branch, message)
+
+    def _run_actions(self, branch: Branch, message: Message | None) -> None:
+        for action in branch.actions:
+            getattr(self, action)(message)
+
+    def offer(self, message: Any) -> None:
+        self.offered_versions = tuple(message.versions)
+        self._set_encoding(message.encoding)
+
+    def adopt_encoding(self, message: Any) -> None:
+        self.version = message.version
+        self._set_encoding(message.encoding)
+
+    def authenticate(self, message: Any) -> None:
+        self.user = message.name
+
+    def count_failure(self, message: Any) -> None:
+        self.failed_logins += 1
+
+    def _set_encoding(self, encoding: str) -> None:
+        self._decoder.encoding = encoding
+        self._encoding = encoding
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._state} user={self.user!r} encoding={self._encoding}>"
+
+
+class ServerSession(Session):
+    """The server's side of one client's session."""
+
+    role = "server"
+    _table = TABLES["server"]
+    _recv = _table.recv
+    _discarding = _table.discarding
+    __slots__ = ()
+
+    def _is_fatal(self, error: Any) -> bool:
+        return not self._table.states[self._state].authenticated  # R6.7, R11.3
+
+
+class ClientSession(Session):
+    """The client's side of its session with the server."""
+
+    role = "client"
+    _table = TABLES["client"]
+    _recv = _table.recv
+    _discarding = _table.discarding
+    __slots__ = ()
+
+    def hello(self, *, encoding: str = "utf-8", software: str = "dfachat", versions: tuple[int, ...] = SUPPORTED_VERSIONS) -> bytes:
+        """Convenience: the HELLO that opens the session (R5.1)."""
+        from dfachat.codec.messages import HELLO  # type: ignore[attr-defined]
+
+        return self.send(HELLO(versions=versions, encoding=encoding, software=software))
+
+
+def _check_actions() -> None:
+    """Every action the spec names is a method here: a missing one fails at import, not at run time."""
+    from dfachat.errors import SpecError
+    from dfachat.spec import ACTIONS
+
+    missing = [name for name in ACTIONS if not callable(getattr(Session, name, None))]
+    if missing:
+        raise SpecError(f"the engine implements no action {', '.join(missing)}")
+
+
+_check_actions()
