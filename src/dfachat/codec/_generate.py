@@ -208,9 +208,8 @@ def _fixed_encode_error(values: list[Any], fields: list[tuple[str, str, Any]]) -
                 con.enum(value)
             except (ValueError, TypeError):
                 return FieldInvalid(f"{where}: {value!r} is not a {con.enum.__name__}", rule=con.rule)
-        elif isinstance(con, Flags):
-            if not isinstance(value, int) or value < 0 or value & ~con.mask:
-                return FieldInvalid(f"{where}: {value!r} sets reserved {con.flags.__name__} bits", rule=con.rule)
+        elif isinstance(con, Flags) and (not isinstance(value, int) or value < 0 or value & ~con.mask):
+            return FieldInvalid(f"{where}: {value!r} sets reserved {con.flags.__name__} bits", rule=con.rule)
         try:
             struct.pack(">" + fmt, value)
         except (struct.error, TypeError):
