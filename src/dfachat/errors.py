@@ -47,7 +47,7 @@ class DfachatError(Exception):
     the ERROR code (``"CHECKSUM_MISMATCH"``) a peer is told.
     """
 
-    rule: str = "R11.1"
+    rule: str = "R11.4"
     code_name: str = "INTERNAL_ERROR"
 
     def __init__(self, detail: str, *, rule: str | None = None) -> None:

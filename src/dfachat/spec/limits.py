@@ -29,6 +29,7 @@ class Limits:
     max_password: int = 256  # code points (R4.4)
     max_versions: int = 8  # entries in HELLO (R4.5)
     max_software: int = 64  # characters of a software name (R4.8)
+    max_encoding_name: int = 16  # characters of an encoding name (R4.8)
     max_names_per_frame: int = 1024  # names in one AUTH_OK or USERS frame (R4.9)
     max_reason: int = 512  # characters of an ERROR's reason text (R4.12)
     login_attempts: int = 3  # failed logins before the server closes (R6.3)

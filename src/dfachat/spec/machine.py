@@ -93,7 +93,7 @@ STATES: dict[str, tuple[StateSpec, ...]] = {
         _s("ESTABLISHED", "chat", "authenticated and idle", "R12.1", authenticated=True),
         _s("AWAIT_ACK", "chat", "MSG sent; waiting for MSG_ACK", "R7.3", authenticated=True),
         _s("AWAIT_USERS", "chat", "waiting for USERS frames, the last without MORE", "R8.3", authenticated=True),
-        _s("AWAIT_BYE", "closing", "QUIT sent; waiting for BYE", "R10.2", authenticated=True),
+        _s("AWAIT_BYE", "closing", "QUIT sent; waiting for BYE", "R10.2"),
         _s("CLOSED", "closing", "the session is over", "R12.4", discards_input=True, terminal=True),
     ),
 }
@@ -101,14 +101,17 @@ STATES: dict[str, tuple[StateSpec, ...]] = {
 
 # Guards: predicates over (session, message), named in transitions' conditions.
 def _is_fatal(session: Any, message: Any) -> bool:
+    """The ERROR has the FATAL flag set."""
     return bool(message.flags & ErrorFlags.FATAL)
 
 
 def _has_more(session: Any, message: Any) -> bool:
+    """The AUTH_OK or USERS frame has the MORE flag set: more USERS frames follow."""
     return bool(message.flags & ListFlags.MORE)
 
 
 def _has_attempts(session: Any, message: Any) -> bool:
+    """AUTH_FAILED's attempts_left is greater than 0."""
     return message.attempts_left > 0
 
 
@@ -118,10 +121,12 @@ def _regards(type_name: str) -> Any:
 
         return message.regarding == MESSAGES_BY_NAME[type_name].code
 
+    guard.__doc__ = f"The ERROR's regarding field is the type code of {type_name}."
     return guard
 
 
 def _matches_offer(session: Any, message: Any) -> bool:
+    """HELLO_OK names a version the client offered in HELLO and the encoding it asked for."""
     return message.version in session.offered_versions and message.encoding == session.encoding
 
 
@@ -222,7 +227,7 @@ TRANSITIONS: dict[str, list[dict[str, Any]]] = {
         _t("send_PING", "ESTABLISHED", None, "R9.1"),
         _t("send_PONG", ("ESTABLISHED", "AWAIT_ACK", "AWAIT_USERS"), None, "R9.1"),
         _t("recv_PING", _CLIENT_AUTHED, None, "R8.4"),
-        _t("recv_PONG", _CLIENT_AUTHED, None, "R8.4"),
+        _t("recv_PONG", _CLIENT_AUTHED, None, "R9.1"),
         _t("recv_DELIVER", _CLIENT_AUTHED, None, "R8.4"),
         _t("recv_JOINED", _CLIENT_AUTHED, None, "R8.4"),
         _t("recv_LEFT", _CLIENT_AUTHED, None, "R8.4"),

@@ -36,7 +36,7 @@ from dfachat.spec.codes import (
     ListFlags,
     Outcome,
 )
-from dfachat.spec.limits import MAGIC
+from dfachat.spec.limits import LIMITS, MAGIC
 from dfachat.spec.types import Code, Flags, Ident, List, Text
 
 __all__ = [
@@ -68,13 +68,18 @@ FRAME = Struct(
 FRAME_OVERHEAD = HEADER.sizeof() + 4  # header + checksum
 
 # --- field types (section 4) -------------------------------------------------
+# Bounds come from LIMITS, so a number is written once.
 USER_NAME = Ident(
-    "NAME", r"[A-Za-z][A-Za-z0-9_.-]{0,31}", "R4.1", "user name", casefold=True
+    "NAME", rf"[A-Za-z][A-Za-z0-9_.-]{{0,{LIMITS.max_name - 1}}}", "R4.1", "user name", casefold=True
 )
-ENCODING_NAME = Ident("IDENT", r"[a-z0-9-]{1,16}", "R4.8", "encoding name")
-SOFTWARE = Ident("IDENT", r"[\x20-\x7e]{1,64}", "R4.8", "software name")
+ENCODING_NAME = Ident(
+    "IDENT", rf"[a-z0-9-]{{1,{LIMITS.max_encoding_name}}}", "R4.8", "encoding name"
+)
+SOFTWARE = Ident("IDENT", rf"[\x20-\x7e]{{1,{LIMITS.max_software}}}", "R4.8", "software name")
 RULE_ID = Ident("IDENT", r"R[0-9]{1,2}\.[0-9]{1,2}", "R11.1", "rule id")
-REASON = Ident("REASON", r"[\x20-\x7e]{0,512}", "R4.12", "reason text", length=Int16ub)
+REASON = Ident(
+    "REASON", rf"[\x20-\x7e]{{0,{LIMITS.max_reason}}}", "R4.12", "reason text", length=Int16ub
+)
 
 
 def _names(max_limit: str) -> List:

@@ -108,8 +108,9 @@ SECTIONS: tuple[Section, ...] = (
     _section(
         4,
         "Fields and limits",
-        "Every field has a type with bounds. The numbers below are the defaults a server announces "
-        "in HELLO_OK; a server MAY announce lower ones.",
+        "Every field has a type with bounds. HELLO_OK announces the negotiable limits (max_frame, "
+        "max_text, max_recipients, idle_timeout_s, login_attempts); a server MAY announce lower "
+        "values for those. The other bounds are fixed by this version.",
         ("MUST", "A user name is 1 to {max_name} ASCII characters: a letter first, then letters, "
                  "digits, '_', '.' or '-'. Names are matched case-insensitively; the server reports "
                  "each account's registered spelling."),
@@ -121,7 +122,8 @@ SECTIONS: tuple[Section, ...] = (
                  "table lists."),
         ("MUST", "Flag bits a layout marks reserved are zero."),
         ("MUST", "A software name (client or server) is 1 to {max_software} printable ASCII "
-                 "characters (0x20-0x7E); an encoding name is 1 to 16 characters of a-z, 0-9 and '-'."),
+                 "characters (0x20-0x7E); an encoding name is 1 to {max_encoding_name} characters of a-z, 0-9 "
+                 "and '-'."),
         ("MUST", "An AUTH_OK or USERS frame lists at most {max_names_per_frame} names; longer lists "
                  "continue in further USERS frames (R8.3)."),
         ("MUST", "A field that breaks R4.1 to R4.9 makes its frame a payload error (FIELD_INVALID). "
@@ -136,14 +138,16 @@ SECTIONS: tuple[Section, ...] = (
         ("MUST", "A client's first frame is HELLO: the versions it supports, its encoding and its "
                  "software name."),
         ("MUST", "The server chooses the highest version both sides support. When there is none it "
-                 "answers a fatal ERROR UNSUPPORTED_VERSION."),
+                 "answers a fatal ERROR UNSUPPORTED_VERSION. HELLO, and any reply to it, travel in "
+                 "frames of version 1, which every later version keeps decodable."),
         ("MUST", "When the server does not support the encoding it answers a fatal ERROR "
                  "UNSUPPORTED_ENCODING."),
         ("MUST", "Otherwise the server answers HELLO_OK with the chosen version, the encoding, its "
                  "software name and the limits of section 4 and section 9; from then on both sides "
                  "use that encoding for TEXT fields."),
         ("MUST", "A client sends nothing after HELLO until HELLO_OK arrives, and checks that HELLO_OK "
-                 "names a version it offered and the encoding it asked for."),
+                 "names a version it offered and the encoding it asked for; if not, it closes (it MAY "
+                 "first send a fatal ERROR UNEXPECTED_MESSAGE citing R5.5)."),
     ),
     _section(
         6,
@@ -168,8 +172,8 @@ SECTIONS: tuple[Section, ...] = (
                  "(reason REPLACED) for it and then JOINED for the new one."),
         ("MUST", "Until AUTH_OK every protocol error is fatal: the server answers any malformed or "
                  "unexpected frame with a fatal ERROR and closes."),
-        ("MUST", "A session that is not authenticated within {idle_timeout_s} s of its last frame gets "
-                 "a fatal ERROR IDLE_TIMEOUT."),
+        ("MUST", "A session that is not yet authenticated and has sent no frame for {idle_timeout_s} s "
+                 "gets a fatal ERROR IDLE_TIMEOUT."),
     ),
     _section(
         7,
@@ -209,7 +213,10 @@ SECTIONS: tuple[Section, ...] = (
         ("MUST", "When a session authenticates, every other authenticated session receives JOINED "
                  "with its name."),
         ("MUST", "When an authenticated session ends, however it ends, every other authenticated "
-                 "session receives exactly one LEFT with its name and the reason."),
+                 "session receives exactly one LEFT with its name and the reason: QUIT (it sent QUIT), "
+                 "DROPPED (its transport closed without QUIT), TIMEOUT (IDLE_TIMEOUT), REPLACED (R6.6) "
+                 "or ERROR (closed after any other fatal ERROR). A server shutting down sends BYE "
+                 "instead (R10.3) and no LEFT."),
         ("MUST", "LIST is answered with USERS frames listing every user online, the asker included; "
                  "every frame but the last has the MORE flag. A non-fatal ERROR regarding LIST "
                  "answers a LIST the server rejects."),
@@ -228,8 +235,8 @@ SECTIONS: tuple[Section, ...] = (
                  "counts as activity."),
         ("MUST", "The server bounds the bytes queued for each session ({max_output_buffer} by "
                  "default); a session whose queue overflows gets a fatal ERROR SLOW_CONSUMER."),
-        ("MUST", "A server MAY bound the bytes a session sends per second; a session over the bound "
-                 "gets a fatal ERROR RATE_LIMITED."),
+        ("MAY", "A server MAY bound the bytes a session sends per second; a session over the bound "
+                "gets a fatal ERROR RATE_LIMITED."),
     ),
     _section(
         10,
@@ -252,7 +259,9 @@ SECTIONS: tuple[Section, ...] = (
         "Errors",
         "ERROR reports a broken rule to the peer.",
         ("MUST", "ERROR carries the error code, the FATAL flag, the type code of the frame it is about "
-                 "(0 when none or unknown), the id of the rule that was broken and a short reason text."),
+                 "(the header's type byte whenever the header was read, UNKNOWN_TYPE included; 0 when "
+                 "no header was read or the error concerns no frame), the id of the rule that was "
+                 "broken and a short reason text."),
         ("MUST", "A non-fatal ERROR changes no state, except that one regarding the MSG or LIST a "
                  "client waits on ends that wait (R7.9, R8.3)."),
         ("MUST", "After AUTH_OK the server survives payload errors and unexpected messages: it "

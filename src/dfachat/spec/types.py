@@ -92,8 +92,8 @@ class Ident(Adapter):
         try:
             data = obj.encode("ascii")
         except (UnicodeEncodeError, AttributeError):
-            data = b""
-        if not isinstance(obj, str) or self.regex.fullmatch(data) is None:
+            data = None  # not b"": a pattern that allows empty (REASON) must not accept "café"
+        if not isinstance(obj, str) or data is None or self.regex.fullmatch(data) is None:
             raise FieldInvalid(
                 f"{field_path(path)}: {obj!r} is not a valid {self.description}", rule=self.rule
             )

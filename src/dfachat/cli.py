@@ -1,0 +1,173 @@
+"""The ``dfachat`` command line: ``dfachat <command> [options]``.
+
+Each command is one ``_add_<command>`` function that declares its subparser
+and points ``handler`` at one ``cmd_<command>`` function; add a command by
+adding such a pair to :data:`_COMMANDS`. Handlers return the exit status.
+
+Modules that read the spec are imported inside the handlers, so that a
+:class:`~dfachat.errors.SpecError` raised while importing the spec reaches
+:func:`main`, which prints every :class:`~dfachat.errors.DfachatError` as one
+line on stderr and exits with status 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dfachat import __version__
+from dfachat.errors import DfachatError
+
+__all__ = ["build_parser", "cmd_spec", "main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 2  # DfachatError or bad usage, as argparse does
+EXIT_INTERRUPTED = 130
+
+
+def _write(text: str) -> None:
+    """Write ``text`` to stdout as UTF-8, whatever the locale, with ``\\n`` line ends."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    sys.stdout.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the package and protocol versions (the spec is imported only here)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any):
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from dfachat.spec import PROTOCOL_VERSION
+
+        _write(f"dfachat {__version__} (protocol {PROTOCOL_VERSION})\n")
+        parser.exit(EXIT_OK)
+
+
+# --- dfachat spec -------------------------------------------------------------
+
+
+def _add_spec(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "spec",
+        help="print the protocol spec (summary, JSON or the Markdown document)",
+        description="Print the protocol spec: a summary, the same as JSON, or the full "
+        "protocol document in Markdown (docs/PROTOCOL.md is this output).",
+    )
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    form.add_argument(
+        "--markdown", action="store_true", help="print the protocol document (Markdown)"
+    )
+    parser.set_defaults(handler=cmd_spec)
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    lines = [
+        f"dfachat protocol {summary['protocol_version']}",
+        f"  default port  {summary['default_port']}",
+        f"  magic         {' '.join(re.findall('..', summary['magic']))}"
+        f" ({bytes.fromhex(summary['magic']).decode('ascii', 'replace')!r})",
+        f"  max frame     {summary['max_frame']} bytes",
+        "",
+        "Messages (type code, name, sent by, summary):",
+    ]
+    width = max(len(m["name"]) for m in summary["messages"])
+    lines += [
+        f"  0x{m['code']:02X}  {m['name']:<{width}}  {'+'.join(m['senders']):<13}  {m['summary']}"
+        for m in summary["messages"]
+    ]
+    lines += ["", f"Encodings (unrepresentable characters become {summary['replacement']!r}):"]
+    width = max(len(e["name"]) for e in summary["encodings"])
+    lines += [
+        f"  {e['name']:<{width}}  {e['description']}{'' if e['universal'] else ' (not universal)'}"
+        for e in summary["encodings"]
+    ]
+    lines += ["", "Limits:"]
+    width = max(len(name) for name in summary["limits"])
+    lines += [f"  {name:<{width}}  {value}" for name, value in summary["limits"].items()]
+    lines += ["", "Error codes (code, name, fatal, rule, meaning):"]
+    width = max(len(e["name"]) for e in summary["error_codes"])
+    lines += [
+        f"  {e['code']:>3}  {e['name']:<{width}}  {e['fatal']:<14}  {e['rule']:<6} {e['meaning']}"
+        + ("" if e["sent"] else " (never sent)")
+        for e in summary["error_codes"]
+    ]
+    lines += ["", f"{len(summary['rules'])} rules; `dfachat spec --markdown` prints them all."]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    """``dfachat spec [--json | --markdown]``."""
+    from dfachat.spec.document import protocol_summary, render_protocol_markdown
+
+    if args.markdown:
+        _write(render_protocol_markdown())
+    elif args.json:
+        _write(json.dumps(protocol_summary(), indent=2) + "\n")
+    else:
+        _write(_summary_text(protocol_summary()))
+    return EXIT_OK
+
+
+# --- the parser and the entry point ---------------------------------------------
+
+# One function per command; later: server, client, gui, check, fuzz, diagram.
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_spec,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfachat",
+        description="dfachat: a chat protocol defined once as a formal spec.",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the dfachat and protocol versions and exit"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for add in _COMMANDS:
+        add(commands)
+    return parser
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return EXIT_OK
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dfachat`` command line; return the exit status."""
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version and usage errors
+            return _exit_status(exc.code)
+        return int(args.handler(args))
+    except DfachatError as exc:
+        print(f"dfachat: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``dfachat spec --markdown | head``): stop quietly.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1

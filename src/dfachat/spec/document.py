@@ -1,0 +1,994 @@
+"""The protocol document, generated from the spec: ``dfachat spec --markdown``.
+
+Nothing protocol-specific is written here. Every rule, layout, number, state
+and transition in the document is read off the declarations of this package
+(:data:`~dfachat.spec.rules.SECTIONS`, the layouts of
+:data:`~dfachat.spec.messages.MESSAGES`, :data:`~dfachat.spec.limits.LIMITS`,
+:data:`~dfachat.spec.codes.ERROR_INFO`, :data:`~dfachat.spec.machine.TRANSITIONS`
+...); this module only decides how to lay them out. The example frames are
+built by construct from the same layouts, so they are what the oracle codec
+sends. The committed ``docs/PROTOCOL.md`` is this function's output, and a
+test fails when the two differ.
+
+:func:`protocol_summary` is the same material as one JSON-ready dict
+(``dfachat spec --json``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from typing import Any
+
+from construct import (
+    Bytes,
+    Checksum,
+    Const,
+    Construct,
+    FormatField,
+    Int8ub,
+    Int16ub,
+    Int32ub,
+    Int64ub,
+    RawCopy,
+    SizeofError,
+    Struct,
+)
+
+from dfachat.spec.codes import ERROR_INFO, ErrorCode
+from dfachat.spec.encodings import ENCODINGS, REPLACEMENT
+from dfachat.spec.limits import DEFAULT_PORT, LIMITS, MAGIC, PROTOCOL_VERSION, SUPPORTED_VERSIONS
+from dfachat.spec.machine import ACTIONS, CLOSED_TRIGGER, GUARDS, ROLES, STATES, TRANSITIONS
+from dfachat.spec.messages import FRAME, FRAME_OVERHEAD, HEADER, MESSAGES, MessageSpec
+from dfachat.spec.rules import RULES, SECTIONS, rule_text
+from dfachat.spec.types import Code, Flags, Ident, List, Text, unwrap
+
+__all__ = [
+    "example_frames",
+    "example_values",
+    "protocol_summary",
+    "render_protocol_markdown",
+    "transition_rows",
+]
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_RULE_REF = re.compile(r"\bR\d+\.\d+\b")
+_INTEGERS = (Int8ub, Int16ub, Int32ub, Int64ub)
+
+
+# --- small helpers ------------------------------------------------------------
+
+
+def _messages() -> list[MessageSpec]:
+    return sorted(MESSAGES, key=lambda m: m.code)
+
+
+def _senders(spec: MessageSpec) -> list[str]:
+    return [role for role in ROLES if role in spec.senders]
+
+
+def _fatal(code: ErrorCode) -> str:
+    return "always" if ERROR_INFO[code].always_fatal else "before AUTH_OK"
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _rule_anchor(rule_id: str) -> str:
+    return rule_id.lower().replace(".", "-")
+
+
+def _rule_link(rule_id: str) -> str:
+    return f"[{rule_id}](#{_rule_anchor(rule_id)})"
+
+
+def _link_rules(text: str) -> str:
+    return _RULE_REF.sub(lambda m: _rule_link(m.group(0)), text)
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def _bytes(count: int) -> str:
+    return f"{count} byte{'' if count == 1 else 's'}"
+
+
+def _hex(data: bytes) -> str:
+    return " ".join(f"{b:02x}" for b in data)
+
+
+def _int_name(con: Construct) -> str:
+    """``u8`` ... ``u64`` for a big-endian unsigned FormatField."""
+    return f"u{8 * con.sizeof()}"
+
+
+def _sizeof(con: Construct) -> int | None:
+    try:
+        return int(con.sizeof())
+    except SizeofError:
+        return None
+
+
+def _limit_value(limit: str | int) -> int:
+    return limit if isinstance(limit, int) else int(getattr(LIMITS, limit))
+
+
+def _limit_label(limit: str | int) -> str:
+    return f"{limit}" if isinstance(limit, int) else f"{_limit_value(limit)} (`{limit}`)"
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+# --- the field walk -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One row of a payload table."""
+
+    path: str
+    offset: str
+    size: str
+    wire: str
+    meaning: str
+    con: Construct
+
+
+def _values_text(enum: type[IntEnum] | type[IntFlag]) -> str:
+    if issubclass(enum, IntFlag):
+        return ", ".join(f"0x{int(m):02X} {m.name}" for m in enum)
+    return ", ".join(f"{int(m)} {m.name}" for m in enum)
+
+
+def _enum_anchor(enum: type) -> str:
+    return _slug(_ERROR_HEADING) if enum is ErrorCode else _slug(enum.__name__)
+
+
+def _wire_type(con: Construct) -> str:
+    """The wire type of a field, with its bounds and rule."""
+    if isinstance(con, Code):
+        link = f"[{con.enum.__name__}](#{_enum_anchor(con.enum)})"
+        return f"{_int_name(con.subcon)} ENUM {link} ({_rule_link(con.rule)})"
+    if isinstance(con, Flags):
+        return (
+            f"{_int_name(con.subcon)} FLAGS [{con.flags.__name__}](#{_enum_anchor(con.flags)}); "
+            f"reserved bits zero ({_rule_link(con.rule)})"
+        )
+    if isinstance(con, Ident):
+        case = ", compared case-insensitively" if con.casefold else ""
+        return (
+            f"{con.kind}: {_int_name(con.length_field)} length n, then n ASCII bytes "
+            f"matching `{con.pattern}`{case} ({_rule_link(con.rule)})"
+        )
+    if isinstance(con, Text):
+        return (
+            f"TEXT: {_int_name(con.subcon.lengthfield)} byte length n, "
+            "then n bytes in the session's "
+            f"encoding; {con.min_chars} to {_limit_label(con.max_limit)} code points once decoded "
+            f"({_rule_link(con.rule)})"
+        )
+    if isinstance(con, List):
+        item = unwrap(con.item)
+        if con.record is not None:
+            what = f"{con.item.name} records"
+        elif isinstance(item, Ident):
+            what = f"{item.kind} items"
+        else:
+            what = f"{_int_name(item)} items" if isinstance(item, FormatField) else "items"
+        distinct = ""
+        if con.unique:
+            distinct = ", no item twice"
+            if getattr(item, "casefold", False):
+                distinct += " (case-insensitively)"
+        return (
+            f"LIST: {_int_name(con.count_field)} count n, then n {what}; {con.min_items} to "
+            f"{_limit_label(con.max_limit)} items{distinct} ({_rule_link(con.rule)})"
+        )
+    if isinstance(con, FormatField):
+        return _int_name(con)
+    raise TypeError(f"the document cannot describe {con!r}")
+
+
+def _size(con: Construct) -> str:
+    fixed = _sizeof(con)
+    if fixed is not None:
+        return str(fixed)
+    if isinstance(con, Ident):
+        return f"{_sizeof(con.length_field)} + n"
+    if isinstance(con, Text):
+        return f"{_sizeof(con.subcon.lengthfield)} + n"
+    if isinstance(con, List):
+        count = _sizeof(con.count_field)
+        item = _sizeof(unwrap(con.item))
+        return f"{count} + n × {item}" if item is not None else f"{count} + Σ items"
+    raise TypeError(f"the document cannot size {con!r}")
+
+
+def _meaning(sub: Construct, con: Construct) -> str:
+    doc = _one_line(sub.docs)
+    if isinstance(con, Code) and con.enum is ErrorCode:
+        return f"one of the [{_ERROR_HEADING.lower()}](#{_slug(_ERROR_HEADING)})"
+    if isinstance(con, Code):
+        values = _values_text(con.enum)
+        return (
+            f"{doc}: {values}"
+            if doc and doc != con.enum.__name__
+            else f"{con.enum.__name__}: {values}"
+        )
+    if isinstance(con, Flags):
+        return f"{doc} ({_values_text(con.flags)})"
+    return doc
+
+
+def _walk(layout: Struct, prefix: str = "", base: str | None = None) -> Iterator[_Field]:
+    """The rows of a layout: offsets stay numbers while every earlier field is fixed."""
+    anchor: str | None = None
+    delta = 0
+    for sub in layout.subcons:
+        con = unwrap(sub)
+        path = f"{prefix}{sub.name}"
+        if anchor is not None:
+            offset = f"after `{anchor}`" + (f" + {delta}" if delta else "")
+        elif base is not None:
+            offset = base + (f" + {delta}" if delta else "")
+        else:
+            offset = str(delta)
+        yield _Field(path, offset, _size(con), _wire_type(con), _meaning(sub, con), con)
+        if isinstance(con, List):
+            item = unwrap(con.item)
+            if con.record is not None:
+                yield from _walk(con.record, f"{path}[i].", base="item")
+            else:
+                yield _Field(f"{path}[i]", "item", _size(item), _wire_type(item), "one item", item)
+        fixed = _sizeof(con)
+        if fixed is None:
+            anchor, delta = path, 0
+        else:
+            delta += fixed
+
+
+# --- example frames -------------------------------------------------------------
+
+_SAMPLE_IDENTS = {  # example values only: what a reader sees in the example frames
+    "user name": "alice",
+    "encoding name": next(iter(ENCODINGS)),
+    "software name": "dfachat",
+}
+_SAMPLE_TEXT = "hi"
+_SAMPLE_LIST_NAME = "bob"
+
+
+def _sample(name: str, sub: Construct, values: dict[str, Any], in_list: bool = False) -> Any:
+    con = unwrap(sub)
+    codes = [v for v in values.values() if isinstance(v, ErrorCode)]
+    if isinstance(con, Code):
+        return next(iter(con.enum))
+    if isinstance(con, Flags):
+        return next(iter(con.flags))
+    if isinstance(con, FormatField):
+        return int(getattr(LIMITS, name, 1))
+    if isinstance(con, Ident):
+        if con.description == "user name" and in_list:
+            candidate = _SAMPLE_LIST_NAME
+        elif con.description == "rule id" and codes:
+            candidate = ERROR_INFO[codes[0]].rule
+        elif con.kind == "REASON" and codes:
+            candidate = ERROR_INFO[codes[0]].meaning
+        else:
+            candidate = _SAMPLE_IDENTS.get(con.description, next(iter(RULES)))
+        if con.regex.fullmatch(candidate.encode("ascii")) is None:
+            raise TypeError(f"no example value for a {con.description} ({con.pattern})")
+        return candidate
+    if isinstance(con, Text):
+        return _SAMPLE_TEXT
+    if isinstance(con, List):
+        count = max(con.min_items, 1)
+        if con.record is not None:
+            item = {s.name: _sample(s.name, s, {}, in_list=True) for s in con.record.subcons}
+            return [item] * count
+        return [_sample(name, con.item, {}, in_list=True)] * count
+    raise TypeError(f"no example value for {con!r}")
+
+
+def example_values(spec: MessageSpec) -> dict[str, Any]:
+    """Simple valid field values for ``spec``, derived from its field types."""
+    values: dict[str, Any] = {}
+    for sub in spec.layout.subcons:
+        values[sub.name] = _sample(sub.name, sub, values)
+    return values
+
+
+def example_frames(
+    encoding: str = next(iter(ENCODINGS)),
+) -> dict[str, tuple[dict[str, Any], bytes]]:
+    """Per message name: example values and the frame construct builds from the spec's schemas."""
+    codec = ENCODINGS[encoding].codec
+    frames: dict[str, tuple[dict[str, Any], bytes]] = {}
+    for spec in _messages():
+        values = example_values(spec)
+        payload = spec.layout.build(values, encoding=codec)
+        header = {"version": PROTOCOL_VERSION, "type": spec.code, "length": len(payload)}
+        frames[spec.name] = (values, FRAME.build({"header": {"value": header}, "payload": payload}))
+    return frames
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, IntFlag):
+        return "|".join(m.name for m in type(value) if m & value) or "0"
+    if isinstance(value, IntEnum):
+        return value.name
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+# --- state tables -----------------------------------------------------------------
+
+
+def _sources(transition: dict[str, Any]) -> list[str]:
+    source = transition["source"]
+    return list(source) if isinstance(source, list) else [source]
+
+
+def transition_rows(role: str) -> list[tuple[str, dict[str, Any]]]:
+    """(source state, transition) for every transition of ``role``, one per source state,
+
+    grouped by source in the order of :data:`STATES`, in declaration order within a state
+    (the order guards are tried in).
+    """
+    rows = []
+    for state in STATES[role]:
+        rows += [(state.name, t) for t in TRANSITIONS[role] if state.name in _sources(t)]
+    return rows
+
+
+def _trigger_text(trigger: str) -> str:
+    if trigger == CLOSED_TRIGGER:
+        return "transport closed"
+    direction, _, message = trigger.partition("_")
+    return f"{'receive' if direction == 'recv' else 'send'} {message}"
+
+
+def _trigger_label(trigger: str) -> str:
+    if trigger == CLOSED_TRIGGER:
+        return CLOSED_TRIGGER
+    direction, _, message = trigger.partition("_")
+    return f"{'?' if direction == 'recv' else '!'}{message}"
+
+
+def _guard_text(transition: dict[str, Any], earlier_guarded: bool) -> str:
+    parts = [f"if {g}" for g in transition["conditions"]] + [
+        f"unless {g}" for g in transition["unless"]
+    ]
+    if parts:
+        return ", ".join(parts)
+    return "otherwise" if earlier_guarded else "—"
+
+
+def _guard_label(transition: dict[str, Any]) -> str:
+    parts = list(transition["conditions"]) + [f"not {g}" for g in transition["unless"]]
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
+def _received(role: str) -> set[str]:
+    return {
+        t["trigger"].partition("_")[2]
+        for t in TRANSITIONS[role]
+        if t["trigger"].startswith("recv_")
+    }
+
+
+def _sent(role: str) -> set[str]:
+    return {
+        t["trigger"].partition("_")[2]
+        for t in TRANSITIONS[role]
+        if t["trigger"].startswith("send_")
+    }
+
+
+def _states_where(role: str, trigger: str) -> list[str]:
+    found = {s for t in TRANSITIONS[role] if t["trigger"] == trigger for s in _sources(t)}
+    return [s.name for s in STATES[role] if s.name in found]
+
+
+def _mermaid(role: str) -> list[str]:
+    lines = ["```mermaid", "stateDiagram-v2"]
+    initial = next(s.name for s in STATES[role] if s.initial)
+    lines.append(f"    [*] --> {initial}")
+    edges: dict[tuple[str, str], list[str]] = {}
+    for source, t in transition_rows(role):
+        if t["dest"] is None:
+            continue
+        label = _trigger_label(t["trigger"]) + _guard_label(t)
+        labels = edges.setdefault((source, t["dest"]), [])
+        if label not in labels:
+            labels.append(label)
+    for (source, dest), labels in edges.items():
+        lines.append(f"    {source} --> {dest} : {'<br/>'.join(labels)}")
+    lines += [f"    {s.name} --> [*]" for s in STATES[role] if s.terminal]
+    lines.append("```")
+    return lines
+
+
+# --- the document -----------------------------------------------------------------
+
+_ERROR_HEADING = "Error codes"
+
+
+class _Doc:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.headings: list[tuple[int, str]] = []
+
+    def heading(self, level: int, text: str) -> None:
+        self.headings.append((level, text))
+        self.para("#" * level + " " + text)
+
+    def para(self, *lines: str) -> None:
+        if self.lines and self.lines[-1] != "":
+            self.lines.append("")
+        self.lines.extend(lines)
+        self.lines.append("")
+
+    def toc(self) -> list[str]:
+        slugs = [_slug(text) for _, text in self.headings]
+        duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"headings with the same anchor: {duplicates}")
+        out = []
+        for level, text in self.headings:
+            if level in (2, 3):
+                out.append("  " * (level - 2) + f"- [{text}](#{_slug(text)})")
+        return out
+
+
+def _frame_section(doc: _Doc) -> None:
+    doc.heading(3, "Frame layout")
+    rows = []
+    fixed = 0
+    variable: list[str] = []
+
+    def offset() -> str:
+        return " + ".join([str(fixed), *variable]) if variable else str(fixed)
+
+    def walk(struct: Struct) -> None:
+        nonlocal fixed
+        for sub in struct.subcons:
+            con = unwrap(sub)
+            if isinstance(con, RawCopy):
+                walk(con.subcon)
+                continue
+            if isinstance(con, Const):
+                size, wire = len(con.value), f"{len(con.value)} bytes, always `{_hex(con.value)}`"
+            elif isinstance(con, Checksum):
+                size, wire = con.checksumfield.sizeof(), _int_name(con.checksumfield)
+            elif isinstance(con, Bytes):
+                length = con.length
+                size = length if isinstance(length, int) else None
+                name = re.findall(r"\['(\w+)'\]", repr(length))[-1] if size is None else ""
+                wire = "bytes"
+            elif isinstance(con, FormatField):
+                size, wire = con.sizeof(), _int_name(con)
+            else:
+                raise TypeError(f"the document cannot describe frame field {sub.name}: {con!r}")
+            rows.append(
+                (
+                    f"`{sub.name}`",
+                    offset(),
+                    size if size is not None else f"`{name}`",
+                    wire,
+                    _link_rules(_one_line(sub.docs)),
+                )
+            )
+            if size is None:
+                variable.append(f"`{name}`")
+            else:
+                fixed += size
+
+    walk(FRAME)
+    doc.para(
+        "Every frame is laid out as below. Offsets are in bytes from the start of the frame; "
+        "every integer is unsigned and big-endian."
+    )
+    doc.para(*_table(["Field", "Offset", "Size", "Type", "Meaning"], rows))
+    crc = unwrap(FRAME.subcons[-1])
+    check = b"123456789"
+    header_size = HEADER.sizeof()
+    doc.para(
+        f"The checksum covers bytes 0 to {header_size} + `length` - 1: the {header_size}-byte "
+        f"header and the payload. It is the CRC-32 of zlib and Ethernet; as a check value, the "
+        f"CRC-32 of the {len(check)} ASCII bytes `{check.decode()}` is "
+        f"0x{crc.hashfunc(check):08X}. "
+        f"A whole frame is at most {LIMITS.max_frame} bytes (`max_frame`), so a payload is at "
+        f"most {LIMITS.max_frame - FRAME_OVERHEAD} bytes. The payload of each message type is "
+        f"laid out in [Appendix A](#{_slug(_MESSAGES_HEADING)})."
+    )
+    doc.heading(3, "Constants")
+    doc.para(
+        *_table(
+            ["Constant", "Value"],
+            [
+                ("Protocol version", PROTOCOL_VERSION),
+                ("Versions this document covers", ", ".join(map(str, SUPPORTED_VERSIONS))),
+                ("Magic bytes", f'`{_hex(MAGIC)}` (ASCII "{MAGIC.decode("ascii")}")'),
+                ("Default TCP port", DEFAULT_PORT),
+                ("Header size", f"{header_size} bytes"),
+                ("Frame overhead (header and checksum)", f"{FRAME_OVERHEAD} bytes"),
+                ("Largest frame (`max_frame`)", f"{LIMITS.max_frame} bytes"),
+                ("Largest payload", f"{LIMITS.max_frame - FRAME_OVERHEAD} bytes"),
+            ],
+        )
+    )
+
+
+def _encodings_section(doc: _Doc) -> None:
+    doc.heading(3, "Encodings")
+    doc.para(
+        'The encoding names a client may put in HELLO, spelled exactly as listed. "Universal" '
+        "encodings can carry every Unicode scalar value; text sent to a session in another "
+        f"encoding may need replacements: each character it cannot represent becomes "
+        f"`{REPLACEMENT}` (U+{ord(REPLACEMENT):04X})."
+    )
+    doc.para(
+        *_table(
+            ["Name", "Description", "Universal"],
+            [
+                (f"`{e.name}`", e.description, "yes" if e.universal else "no")
+                for e in ENCODINGS.values()
+            ],
+        )
+    )
+
+
+def _signature(con: Construct) -> tuple[Any, ...]:
+    if isinstance(con, Text):
+        return ("TEXT", con.min_chars, con.max_limit, con.rule)
+    if isinstance(con, List):
+        return ("LIST", _wire_type(con))
+    return ("ID", id(con))
+
+
+def _types_section(doc: _Doc) -> None:
+    doc.heading(3, "Field types")
+    doc.para(
+        "The payload tables of [Appendix A](#"
+        + _slug(_MESSAGES_HEADING)
+        + ") use these wire types."
+    )
+    doc.para(
+        *[
+            f"- `{_int_name(con)}`: an unsigned integer of {con.sizeof()} "
+            f"byte{'s' if con.sizeof() > 1 else ''}, big-endian."
+            for con in _INTEGERS
+        ]
+    )
+    groups: dict[tuple[Any, ...], tuple[Construct, list[str]]] = {}
+    for spec in _messages():
+        for f in _walk(spec.layout, f"{spec.name}."):
+            if isinstance(f.con, (Ident, Text, List)):
+                entry = groups.setdefault(_signature(f.con), (f.con, []))
+                entry[1].append(f"`{f.path}`")
+    idents = [(c, u) for c, u in groups.values() if isinstance(c, Ident)]
+    doc.para(
+        "ASCII fields (NAME, IDENT, REASON) are a length, then that many ASCII bytes, whatever the "
+        "session's encoding. Each kind of field has its own alphabet, given as a regular "
+        "expression the whole value must match:"
+    )
+    doc.para(
+        *_table(
+            ["Type", "Field kind", "Length prefix", "Pattern", "Case", "Rule", "Used by"],
+            [
+                (
+                    c.kind,
+                    c.description,
+                    _int_name(c.length_field),
+                    f"`{c.pattern}`",
+                    "insensitive" if c.casefold else "exact",
+                    _rule_link(c.rule),
+                    ", ".join(u),
+                )
+                for c, u in idents
+            ],
+        )
+    )
+    texts = [(c, u) for c, u in groups.values() if isinstance(c, Text)]
+    doc.para(
+        "TEXT fields are a byte length, then that many bytes in the session's encoding; their "
+        "bounds count code points after decoding:"
+    )
+    doc.para(
+        *_table(
+            ["Length prefix", "Code points", "Rule", "Used by"],
+            [
+                (
+                    _int_name(c.subcon.lengthfield),
+                    f"{c.min_chars} to {_limit_label(c.max_limit)}",
+                    _rule_link(c.rule),
+                    ", ".join(u),
+                )
+                for c, u in texts
+            ],
+        )
+    )
+    lists = [(c, u) for c, u in groups.values() if isinstance(c, List)]
+    doc.para("LIST fields are an item count, then that many items:")
+    doc.para(
+        *_table(
+            ["Type", "Used by"],
+            [(_wire_type(c), ", ".join(u)) for c, u in lists],
+        )
+    )
+    doc.para(
+        "ENUM fields hold one of the values of their table, FLAGS fields a set of the bits of "
+        "theirs; both are listed under [Enumerations and flags]"
+        f"(#{_slug(_ENUMS_HEADING)}) and, for error codes, "
+        f"[{_ERROR_HEADING}](#{_slug(_ERROR_HEADING)})."
+    )
+
+
+_ENUMS_HEADING = "Enumerations and flags"
+_MESSAGES_HEADING = "Appendix A. Message layouts"
+
+
+def _enums_section(doc: _Doc) -> None:
+    doc.heading(3, _ENUMS_HEADING)
+    found: dict[type, list[str]] = {}
+    widths: dict[type, int] = {}
+    for spec in _messages():
+        for f in _walk(spec.layout, f"{spec.name}."):
+            if isinstance(f.con, Code) and f.con.enum is not ErrorCode:
+                found.setdefault(f.con.enum, []).append(f"`{f.path}`")
+                widths[f.con.enum] = f.con.subcon.sizeof()
+            elif isinstance(f.con, Flags):
+                found.setdefault(f.con.flags, []).append(f"`{f.path}`")
+                widths[f.con.flags] = f.con.subcon.sizeof()
+    enums = [e for e in found if not issubclass(e, IntFlag)]
+    flags = [e for e in found if issubclass(e, IntFlag)]
+    for enum in [*enums, *flags]:
+        doc.heading(4, enum.__name__)
+        kind = "flag set" if enum in flags else "enumeration"
+        doc.para(
+            _link_rules(_one_line(enum.__doc__))
+            + f" {'An' if kind[0] in 'aeiou' else 'A'} {kind} carried as u{8 * widths[enum]} in "
+            + ", ".join(found[enum])
+            + "."
+        )
+        if enum in flags:
+            mask = 0
+            for member in enum:
+                mask |= int(member)
+            reserved = ((1 << (8 * widths[enum])) - 1) & ~mask
+            doc.para(
+                *_table(["Bit", "Name"], [(f"0x{int(m):02X}", m.name) for m in enum]),
+                "",
+                f"Reserved bits (mask 0x{reserved:0{2 * widths[enum]}X}) are zero "
+                f"({_rule_link('R4.7')}).",
+            )
+        else:
+            doc.para(*_table(["Value", "Name"], [(int(m), m.name) for m in enum]))
+
+
+def _limits_section(doc: _Doc) -> None:
+    doc.heading(3, "Limits")
+    bounded: dict[str, list[str]] = {}
+    for spec in _messages():
+        for f in _walk(spec.layout, f"{spec.name}."):
+            if isinstance(f.con, (Text, List)) and isinstance(f.con.max_limit, str):
+                bounded.setdefault(f.con.max_limit, []).append(f"`{f.path}`")
+    rows = []
+    for name, value in LIMITS.as_dict().items():
+        cited = [r.id for r in RULES.values() if name in _PLACEHOLDER.findall(r.text)]
+        announced = [
+            f"`{spec.name}.{sub.name}`"
+            for spec in _messages()
+            for sub in spec.layout.subcons
+            if sub.name == name
+        ]
+        rows.append(
+            (
+                f"`{name}`",
+                value,
+                ", ".join(_rule_link(r) for r in cited) or "—",
+                ", ".join(bounded.get(name, [])) or "—",
+                ", ".join(announced) or "—",
+            )
+        )
+    doc.para(
+        "Every limit, with its default value, the rules that state it, the fields it bounds and "
+        "the fields that announce it. Names ending in `_ms` are milliseconds, `_s` seconds."
+    )
+    doc.para(*_table(["Limit", "Default", "Rules", "Bounds", "Announced in"], rows))
+
+
+def _errors_section(doc: _Doc) -> None:
+    doc.heading(3, _ERROR_HEADING)
+    doc.para(
+        "The values of ERROR's `code` field. Codes marked *always* are fatal in every state; the "
+        f"others are fatal before AUTH_OK ({_rule_link('R6.7')}), and after it the server "
+        f"survives them ({_rule_link('R11.3')}). A code that is never sent is only reported "
+        "locally."
+    )
+    rows = [
+        (
+            int(code),
+            code.name,
+            _fatal(code),
+            _rule_link(ERROR_INFO[code].rule),
+            ERROR_INFO[code].meaning,
+            "yes" if ERROR_INFO[code].sent else "never",
+        )
+        for code in ErrorCode
+    ]
+    doc.para(*_table(["Code", "Name", "Fatal", "Rule", "Meaning", "Sent"], rows))
+
+
+def _state_machines(doc: _Doc) -> None:
+    doc.heading(3, "Reading the state tables")
+    doc.para(
+        "Each role's session is in exactly one state. A row of a role's state table applies when "
+        "the session is in the row's state and its trigger happens: *receive M* (a frame of type M "
+        "arrived), *send M* (the role sends M) or *transport closed* (the connection ended). Rows "
+        "with the same state and trigger are tried top to bottom and the first whose guard holds "
+        "applies; *otherwise* marks a row without a guard that follows guarded ones. *(same)* as "
+        "the next state means the state does not change. Actions run after the transition. The "
+        "rule is the one that allows the row; each state also names the rule broken by a message "
+        "it has no row for. In the state lists, *authenticated* marks the states after AUTH_OK, "
+        f"where the server survives protocol errors ({_rule_link('R11.3')}), and *discards input* "
+        f"the states that drop everything they receive ({_rule_link('R12.4')})."
+    )
+    doc.para("Guards, predicates over the message of the trigger:")
+    doc.para(
+        *_table(
+            ["Guard", "Holds when"], [(f"`{n}`", _one_line(g.__doc__)) for n, g in GUARDS.items()]
+        )
+    )
+    doc.para("Actions:")
+    doc.para(
+        *_table(["Action", "Effect"], [(f"`{n}`", _link_rules(d)) for n, d in ACTIONS.items()])
+    )
+    for role in ROLES:
+        title = role.capitalize()
+        doc.heading(3, f"{title} state machine")
+        doc.heading(4, f"{title} states")
+        rows = []
+        for s in STATES[role]:
+            marks = [m for m, on in (("initial", s.initial), ("terminal", s.terminal)) if on]
+            flags = [
+                f
+                for f, on in (
+                    ("authenticated", s.authenticated),
+                    ("discards input", s.discards_input),
+                )
+                if on
+            ]
+            rows.append(
+                (
+                    f"`{s.name}`",
+                    s.phase,
+                    ", ".join(marks) or "—",
+                    s.doc,
+                    _rule_link(s.rule),
+                    ", ".join(flags) or "—",
+                )
+            )
+        doc.para(
+            *_table(["State", "Phase", "Marks", "Meaning", "Unexpected message", "Flags"], rows)
+        )
+        doc.heading(4, f"{title} state table")
+        rows = []
+        seen: dict[tuple[str, str], bool] = {}
+        for source, t in transition_rows(role):
+            key = (source, t["trigger"])
+            guarded = bool(t["conditions"] or t["unless"])
+            rows.append(
+                (
+                    f"`{source}`",
+                    _trigger_text(t["trigger"]),
+                    _guard_text(t, seen.get(key, False)),
+                    f"`{t['dest']}`" if t["dest"] else "(same)",
+                    ", ".join(f"`{a}`" for a in t["after"]) or "—",
+                    _rule_link(t["rule"]),
+                )
+            )
+            seen[key] = seen.get(key, False) or guarded
+        doc.para(*_table(["State", "Trigger", "Guard", "Next state", "Actions", "Rule"], rows))
+        doc.heading(4, f"{title} diagram")
+        doc.para(
+            "Generated from the same table: `?M` receives M, `!M` sends M, "
+            f"`{_trigger_label(CLOSED_TRIGGER)}` is the transport closing; guards are in brackets. "
+            "Transitions that keep the state are not drawn; they are the *(same)* rows of the "
+            "state table."
+        )
+        doc.para(*_mermaid(role))
+        doc.heading(4, f"Messages the {role} never receives or sends")
+        never_received = [m.name for m in _messages() if m.name not in _received(role)]
+        never_sent = [m.name for m in _messages() if m.name not in _sent(role)]
+        doc.para(
+            f"No state of the {role} has a row receiving "
+            + ", ".join(never_received)
+            + "; such a message is unexpected in every state "
+            + f"({_rule_link('R12.3')}). No state of the "
+            f"{role} has a row sending " + ", ".join(never_sent) + f" ({_rule_link('R12.2')})."
+        )
+
+
+def _message_section(doc: _Doc) -> None:
+    doc.heading(2, _MESSAGES_HEADING)
+    frames = example_frames()
+    encoding = next(iter(ENCODINGS))
+    doc.para(
+        "Every message type, by type code. Offsets are in bytes from the start of the payload; "
+        "after a field of variable size they are given relative to the end of that field. In a "
+        "list, `[i]` rows describe one item, offsets relative to the item's start. The field "
+        "types are described under [Field types](#field-types). Each example frame is built from "
+        "the layout with arbitrary valid values, TEXT fields in "
+        f"{encoding}; the bytes are hexadecimal."
+    )
+    rows = []
+    for spec in _messages():
+        fixed = all(_sizeof(unwrap(sub)) is not None for sub in spec.layout.subcons)
+        size = spec.layout.sizeof() if fixed else None
+        rows.append(
+            (
+                f"0x{spec.code:02X}",
+                f"[{spec.name}](#{_slug(_message_heading(spec))})",
+                " and ".join(_senders(spec)),
+                _link_rules(spec.summary),
+                _bytes(size) if size is not None else "variable",
+            )
+        )
+    doc.para(*_table(["Code", "Message", "Sent by", "Summary", "Payload"], rows))
+    for spec in _messages():
+        doc.heading(3, _message_heading(spec))
+        where = []
+        for role in sorted(ROLES, key=lambda r: r not in spec.senders):
+            for verb, trigger in (
+                ("sends", f"send_{spec.name}"),
+                ("receives", f"recv_{spec.name}"),
+            ):
+                states = _states_where(role, trigger)
+                if states:
+                    where.append(f"the {role} {verb} it in " + ", ".join(f"`{s}`" for s in states))
+        doc.para(
+            f"Type code 0x{spec.code:02X}, sent by the {' and the '.join(_senders(spec))}. "
+            + _link_rules(spec.summary),
+            "",
+            _sentence("; ".join(where)),
+        )
+        fields = list(_walk(spec.layout))
+        if fields:
+            doc.para(
+                *_table(
+                    ["Field", "Offset", "Size", "Type", "Meaning"],
+                    [
+                        (f"`{f.path}`", f.offset, f.size, f.wire, _link_rules(f.meaning))
+                        for f in fields
+                    ],
+                )
+            )
+        else:
+            doc.para("The payload is empty (`length` 0).")
+        values, frame = frames[spec.name]
+        header_size = HEADER.sizeof()
+        payload = frame[header_size:-4]
+        shown = " ".join(f"{k}={_show(v)}" for k, v in values.items())
+        lines = ["```text", f"{spec.name} {shown}".rstrip()]
+        lines.append(f"header   {_hex(frame[:header_size])}")
+        for i in range(0, len(payload), 16):
+            lines.append(f"{'payload' if i == 0 else '':<8} {_hex(payload[i : i + 16])}")
+        lines.append(f"crc      {_hex(frame[-4:])}")
+        lines.append("```")
+        doc.para("Example:")
+        doc.para(*lines)
+
+
+def _message_heading(spec: MessageSpec) -> str:
+    return f"{spec.name} (0x{spec.code:02X})"
+
+
+_AFTER_RULES = {
+    2: [_frame_section],
+    3: [_encodings_section],
+    4: [_types_section, _enums_section, _limits_section],
+    11: [_errors_section],
+    12: [_state_machines],
+}
+
+
+def render_protocol_markdown() -> str:
+    """The protocol document (Markdown), generated entirely from the spec."""
+    doc = _Doc()
+    for section in SECTIONS:
+        doc.heading(2, f"{section.number}. {section.title}")
+        doc.para(_link_rules(section.intro))
+        for rule in section.rules:
+            doc.para(
+                f'<a id="{_rule_anchor(rule.id)}"></a>'
+                f"**{rule.id}** ({rule.level}) {rule_text(rule.id)}"
+            )
+        for part in _AFTER_RULES.get(section.number, []):
+            part(doc)
+    _message_section(doc)
+    head = [
+        f"# dfachat protocol, version {PROTOCOL_VERSION}",
+        "",
+        "Status: generated by `dfachat spec --markdown` from the protocol declaration in "
+        "`src/dfachat/spec/`. Do not edit this file by hand: change the declaration and "
+        "regenerate it (`dfachat spec --markdown > docs/PROTOCOL.md`).",
+        "",
+        "The numbered rules are normative: each has an id (cited by errors, state tables and the "
+        "conformance checks) and a level, MUST, SHOULD or MAY. The tables after the rules of a "
+        "section are generated from the same declaration and are normative too.",
+        "",
+        "## Contents",
+        "",
+        *doc.toc(),
+        "",
+    ]
+    return "\n".join(head + doc.lines).rstrip("\n") + "\n"
+
+
+# --- the JSON summary ---------------------------------------------------------------
+
+
+def protocol_summary() -> dict[str, Any]:
+    """The spec's main facts as one JSON-ready dict (``dfachat spec --json``)."""
+    return {
+        "protocol_version": PROTOCOL_VERSION,
+        "supported_versions": list(SUPPORTED_VERSIONS),
+        "default_port": DEFAULT_PORT,
+        "magic": MAGIC.hex(),
+        "max_frame": LIMITS.max_frame,
+        "messages": [
+            {
+                "name": spec.name,
+                "code": spec.code,
+                "senders": _senders(spec),
+                "summary": spec.summary,
+                "fields": [sub.name for sub in spec.layout.subcons],
+            }
+            for spec in _messages()
+        ],
+        "encodings": [
+            {"name": e.name, "description": e.description, "universal": e.universal}
+            for e in ENCODINGS.values()
+        ],
+        "replacement": REPLACEMENT,
+        "limits": LIMITS.as_dict(),
+        "error_codes": [
+            {
+                "code": int(code),
+                "name": code.name,
+                "fatal": _fatal(code),
+                "rule": ERROR_INFO[code].rule,
+                "meaning": ERROR_INFO[code].meaning,
+                "sent": ERROR_INFO[code].sent,
+            }
+            for code in ErrorCode
+        ],
+        "rules": {rule_id: rule_text(rule_id) for rule_id in RULES},
+    }

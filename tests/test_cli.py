@@ -1,0 +1,142 @@
+"""The ``dfachat`` command line, run as a user runs it: ``python -m dfachat ...``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import dfachat
+from dfachat.cli import main
+from dfachat.errors import SpecError
+from dfachat.spec import (
+    DEFAULT_PORT,
+    ENCODINGS,
+    ERROR_INFO,
+    LIMITS,
+    MAGIC,
+    MESSAGES,
+    PROTOCOL_VERSION,
+    RULES,
+    ErrorCode,
+    rule_text,
+)
+from dfachat.spec.document import protocol_summary, render_protocol_markdown
+
+
+def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "dfachat", *args], capture_output=True, timeout=120, check=False
+    )
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.decode() == f"dfachat {dfachat.__version__} (protocol {PROTOCOL_VERSION})\n"
+    )
+
+
+def test_spec_summary() -> None:
+    result = run("spec")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert f"dfachat protocol {PROTOCOL_VERSION}" in out
+    assert str(DEFAULT_PORT) in out
+    assert str(LIMITS.max_frame) in out
+    for spec in MESSAGES:
+        assert f"0x{spec.code:02X}  {spec.name} " in out
+    for name in ENCODINGS:
+        assert f"  {name} " in out
+    for code in ErrorCode:
+        assert f"{int(code):>3}  {code.name} " in out
+    for name, value in LIMITS.as_dict().items():
+        assert f"  {name} " in out and str(value) in out
+
+
+def test_spec_json_matches_the_spec() -> None:
+    result = run("spec", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data == json.loads(json.dumps(protocol_summary()))
+    assert data["protocol_version"] == PROTOCOL_VERSION
+    assert data["default_port"] == DEFAULT_PORT
+    assert bytes.fromhex(data["magic"]) == MAGIC
+    assert data["max_frame"] == LIMITS.max_frame
+    assert [(m["name"], m["code"]) for m in data["messages"]] == sorted(
+        ((m.name, m.code) for m in MESSAGES), key=lambda x: x[1]
+    )
+    for entry in data["messages"]:
+        spec = next(m for m in MESSAGES if m.name == entry["name"])
+        assert set(entry["senders"]) == spec.senders
+        assert entry["summary"] == spec.summary
+        assert entry["fields"] == [sub.name for sub in spec.layout.subcons]
+    assert [e["name"] for e in data["encodings"]] == list(ENCODINGS)
+    assert data["limits"] == LIMITS.as_dict()
+    assert [(e["code"], e["name"]) for e in data["error_codes"]] == [
+        (int(c), c.name) for c in ErrorCode
+    ]
+    for entry in data["error_codes"]:
+        info = ERROR_INFO[ErrorCode[entry["name"]]]
+        assert entry["rule"] == info.rule
+        assert entry["fatal"] == ("always" if info.always_fatal else "before AUTH_OK")
+    assert data["rules"] == {rule_id: rule_text(rule_id) for rule_id in RULES}
+
+
+def test_spec_markdown_is_the_document() -> None:
+    result = run("spec", "--markdown")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode("utf-8") == render_protocol_markdown()
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("serve-me-tea",), "invalid choice"),
+        ((), "required"),
+        (("spec", "--json", "--markdown"), "not allowed with"),
+        (("spec", "--yaml"), "unrecognized arguments"),
+    ],
+)
+def test_bad_usage_exits_2_with_a_usage_message(args: tuple[str, ...], complaint: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert "usage: dfachat" in err
+    assert complaint in err
+    assert "Traceback" not in err
+    assert result.stdout == b""
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "spec" in result.stdout.decode()
+
+
+# --- in process ---------------------------------------------------------------------------
+
+
+def test_main_returns_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert main(["spec", "--json"]) == 0
+    assert main(["no-such-command"]) == 2
+    capsys.readouterr()
+
+
+def test_a_dfachat_error_is_one_line_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dfachat.spec.document
+
+    def broken() -> str:
+        raise SpecError("the spec contradicts itself:\nsomething", rule="R12.1")
+
+    monkeypatch.setattr(dfachat.spec.document, "render_protocol_markdown", broken)
+    assert main(["spec", "--markdown"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "dfachat: error: the spec contradicts itself: something [R12.1]\n"
