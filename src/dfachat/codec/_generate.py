@@ -205,6 +205,8 @@ def _fixed_encode_error(values: list[Any], fields: list[tuple[str, str, Any]]) -
     for value, (where, fmt, con) in zip(values, fields, strict=True):
         if isinstance(con, Code):
             try:
+                if not isinstance(value, int):
+                    raise TypeError
                 con.enum(value)
             except (ValueError, TypeError):
                 return FieldInvalid(f"{where}: {value!r} is not a {con.enum.__name__}", rule=con.rule)
@@ -382,10 +384,20 @@ def _decoder_source(e: _Emitter, spec: MessageSpec, cls: type) -> str:
 
 
 def _emit_encode_layout(
-    e: _Emitter, layout: Struct, owner: str, obj: str, indent: int, *, local: bool = False
+    e: _Emitter,
+    layout: Struct,
+    owner: str,
+    obj: str,
+    indent: int,
+    *,
+    local: bool = False,
+    unpack: bool = False,
 ) -> None:
     def ref(name: str) -> str:
         return f"{obj}_{name}" if local else f"{obj}.{name}"
+
+    if unpack:  # records are tuples: one unpack instead of an attribute lookup per field
+        e.emit(indent, f"{''.join(ref(sub.name) + ', ' for sub in layout.subcons)}= {obj}")
 
     for group in _groups(layout):
         name, con = group[0]
@@ -469,8 +481,16 @@ def _emit_encode_var(e: _Emitter, con: Any, where: str, expr: str, indent: int) 
         e.emit(indent, f"parts.append({pack}(len({items})))")
         x = e.var("x")
         if con.record is not None:
+            from dfachat.codec.messages import RECORD_CLASSES
+
+            record = e.const(RECORD_CLASSES[con.item.name], "record")
             e.emit(indent, f"for {x} in {items}:")
-            _emit_encode_layout(e, con.record, where, x, indent + 1)
+            e.emit(indent + 1, f"if type({x}) is not {record}:")
+            e.emit(
+                indent + 2,
+                f"raise FieldInvalid({where!r} + f': {{{x}!r}} is not a {con.item.name}', rule={con.rule!r})",
+            )
+            _emit_encode_layout(e, con.record, where, x, indent + 1, local=True, unpack=True)
         elif _fixed(item):
             e.emit(indent, f"for {x} in {items}:")
             _emit_encode_fixed(e, [("item", item)], where, [x], indent + 1)

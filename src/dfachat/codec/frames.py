@@ -133,8 +133,10 @@ def decode_frame(data: bytes, encoding: str = "utf-8", *, max_frame: int = LIMIT
     crc_at = _HEADER_SIZE + length
     if crc_at + _CRC_SIZE != size:
         if crc_at + _CRC_SIZE > size:
-            raise TruncatedFrame(f"{size} bytes are not a whole frame")
-        raise MalformedPayload(f"{size - crc_at - _CRC_SIZE} bytes follow the frame", rule="R2.7")
+            raise TruncatedFrame(f"{size} bytes are not a whole frame", message_type=mtype)
+        raise MalformedPayload(
+            f"{size - crc_at - _CRC_SIZE} bytes follow the frame", rule="R2.7", message_type=mtype
+        )
     if _crc32(data[:crc_at]) != _unpack_crc(data, crc_at)[0]:
         raise ChecksumMismatch("frame checksum does not match its CRC-32", message_type=mtype)
     decoder = DECODERS.get(mtype)
@@ -228,9 +230,14 @@ class FrameDecoder:
             raise
 
     def eof(self) -> None:
-        """The stream ended: raise TruncatedFrame if a partial frame is pending."""
+        """The stream ended: raise TruncatedFrame if bytes are pending.
+
+        Call it once ``next_message`` has returned None, so that whole frames
+        still buffered have been taken first.
+        """
         if self._failed is None and self.buffered:
-            err = TruncatedFrame(f"the stream ended {self.buffered} bytes into a frame")
+            mtype = _unpack_header(self._buf, self._pos)[2] if self.buffered >= _HEADER_SIZE else None
+            err = TruncatedFrame(f"the stream ended {self.buffered} bytes into a frame", message_type=mtype)
             self._fail(err)
             raise err
 

@@ -83,9 +83,9 @@ def decode_frame(data: bytes, encoding: str = "utf-8", *, max_frame: int = LIMIT
     if total > max_frame:
         raise FrameTooLarge(f"frame of {total} bytes exceeds {max_frame}", message_type=header.type)
     if len(data) < total:
-        raise TruncatedFrame(f"{len(data)} bytes are not a whole frame")
+        raise TruncatedFrame(f"{len(data)} bytes are not a whole frame", message_type=header.type)
     if len(data) > total:
-        raise MalformedPayload(f"{len(data) - total} bytes follow the frame", rule="R2.7")
+        raise MalformedPayload(f"{len(data) - total} bytes follow the frame", rule="R2.7", message_type=header.type)
     try:
         frame = FRAME.parse(data)
     except ChecksumError:

@@ -168,6 +168,8 @@ class Code(Adapter):
             ) from None
 
     def _encode(self, obj: Any, context: Any, path: str) -> int:
+        if not isinstance(obj, int):
+            raise FieldInvalid(f"{field_path(path)}: {obj!r} is not a {self.enum.__name__}", rule=self.rule)
         try:
             return int(self.enum(obj))
         except (ValueError, TypeError):
@@ -237,7 +239,12 @@ class List(Adapter):
         return int(getattr(LIMITS, self.max_limit))
 
     def _check(self, items: Any, path: str) -> tuple[Any, ...]:
-        items = tuple(items)
+        try:
+            if isinstance(items, (str, bytes)):
+                raise TypeError
+            items = tuple(items)
+        except TypeError:
+            raise FieldInvalid(f"{field_path(path)}: {items!r} is not a list", rule=self.rule) from None
         if not self.min_items <= len(items) <= self.max_items:
             raise FieldInvalid(
                 f"{field_path(path)}: {len(items)} items, allowed {self.min_items}..{self.max_items}",
@@ -248,7 +255,11 @@ class List(Adapter):
                 i.casefold() if isinstance(i, str) and getattr(self.item, "casefold", False) else i
                 for i in items
             ]
-            if len(set(keys)) != len(keys):
+            try:
+                repeated = len(set(keys)) != len(keys)
+            except TypeError:  # unhashable: not a valid item, which the item's own check reports
+                repeated = False
+            if repeated:
                 raise FieldInvalid(f"{field_path(path)}: an item appears twice", rule=self.rule)
         return items
 
@@ -258,4 +269,8 @@ class List(Adapter):
         return self._check(obj, path)
 
     def _encode(self, obj: Any, context: Any, path: str) -> list[Any]:
-        return list(self._check(obj, path))
+        items = list(self._check(obj, path))
+        if self.record is not None and not all(isinstance(item, dict) for item in items):
+            # the oracle's encoder turns records into dicts; anything else was not a record
+            raise FieldInvalid(f"{field_path(path)}: items must be {self.item.name} records", rule=self.rule)
+        return items
