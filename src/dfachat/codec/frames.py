@@ -220,7 +220,10 @@ class FrameDecoder:
         if found is None or found[1] > len(buf):
             return None
         mtype, end = found
-        self._pos = end
+        if end == len(buf):
+            self._buf, self._pos = b"", 0  # hold no reference to the caller's chunk
+        else:
+            self._pos = end
         if type(buf) is not bytes:
             buf, pos, end = bytes(buf[pos:end]), 0, end - pos
         try:

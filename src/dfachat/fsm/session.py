@@ -183,7 +183,8 @@ class Session:
                 self._decoder.eof()
             except FrameError as err:
                 error = err
-        clean = self._table.states[self._state].phase == "closing"
+        # Clean when the session expected nothing more from the peer (no receive rows left).
+        clean = not self._recv[self._state]
         self._apply(self._table.closed[self._state], None)
         self._close_reported = True
         return ConnectionClosed(clean=clean and error is None, error=error)
@@ -316,7 +317,7 @@ class ServerSession(Session):
     __slots__ = ()
 
     def _is_fatal(self, error: Any) -> bool:
-        return not self._table.states[self._state].authenticated  # R6.7, R11.3
+        return not self._table.states[self._state].recovers  # R6.7, R11.3
 
 
 class ClientSession(Session):

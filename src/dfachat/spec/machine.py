@@ -27,6 +27,9 @@ What may cross in flight, and why both tables agree on it:
   MSG was not processed (R10.3).
 * A client PING and its PONG: the client may send QUIT right after PING;
   the server, processing frames in order, answers PONG before it reads QUIT.
+* A non-fatal ERROR regarding MSG or LIST ends the client's wait for MSG_ACK
+  or USERS, so the server sends non-fatal ERRORs only from ESTABLISHED, the
+  one state where it reads frames and owes nothing (R11.3).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class StateSpec:
     phase: str  # handshake, authentication, chat, closing
     doc: str
     rule: str  # cited when a message arrives that this state has no row for
-    authenticated: bool = False  # after AUTH_OK: the server survives protocol errors here (R11.3)
+    authenticated: bool = False  # after AUTH_OK: pushes may arrive or be sent (R8.4)
+    recovers: bool = False  # the server answers protocol errors here with a non-fatal ERROR (R11.3)
     discards_input: bool = False  # everything received here is dropped (R12.4)
     initial: bool = False
     terminal: bool = False
@@ -78,7 +82,7 @@ STATES: dict[str, tuple[StateSpec, ...]] = {
         _s("AWAIT_USER", "authentication", "waiting for USER", "R6.1"),
         _s("AWAIT_PASS", "authentication", "USER received; waiting for PASS", "R6.1"),
         _s("AUTHENTICATING", "authentication", "PASS received; owes AUTH_OK or AUTH_FAILED", "R6.1"),
-        _s("ESTABLISHED", "chat", "authenticated and idle", "R12.1", authenticated=True),
+        _s("ESTABLISHED", "chat", "authenticated and idle", "R12.1", authenticated=True, recovers=True),
         _s("ROUTING", "chat", "MSG received; owes MSG_ACK", "R7.2", authenticated=True),
         _s("LISTING", "chat", "owes USERS frames, the last without MORE", "R7.2", authenticated=True),
         _s("CLOSING", "closing", "QUIT received; owes BYE", "R10.2", discards_input=True),
@@ -200,7 +204,9 @@ TRANSITIONS: dict[str, list[dict[str, Any]]] = {
         _t("send_DELIVER", _SERVER_AUTHED, None, "R7.5"),
         _t("send_JOINED", _SERVER_AUTHED, None, "R8.1"),
         _t("send_LEFT", _SERVER_AUTHED, None, "R8.2"),
-        _t("send_ERROR", _SERVER_AUTHED, None, "R11.3", unless="is_fatal"),
+        # Only where the server recovers: in ROUTING and LISTING the client waits for a reply,
+        # and a non-fatal ERROR regarding MSG or LIST would end that wait (R7.9, R8.3).
+        _t("send_ERROR", "ESTABLISHED", None, "R11.3", unless="is_fatal"),
         _t("recv_QUIT", ("AWAIT_USER", "AWAIT_PASS", "ESTABLISHED"), "CLOSING", "R10.1"),
         _t("send_BYE", _SERVER_OPEN, "CLOSED", "R10.2"),
         _t("send_ERROR", _SERVER_OPEN, "CLOSED", "R10.4", when="is_fatal"),

@@ -264,9 +264,11 @@ SECTIONS: tuple[Section, ...] = (
                  "broken and a short reason text."),
         ("MUST", "A non-fatal ERROR changes no state, except that one regarding the MSG or LIST a "
                  "client waits on ends that wait (R7.9, R8.3)."),
-        ("MUST", "After AUTH_OK the server survives payload errors and unexpected messages: it "
-                 "answers a non-fatal ERROR and goes on. A client never does: on a malformed or "
-                 "unexpected frame it MAY send a fatal ERROR and MUST close."),
+        ("MUST", "After AUTH_OK, while it owes the client no reply (state ESTABLISHED), the server "
+                 "survives payload errors and unexpected messages: it answers a non-fatal ERROR and "
+                 "goes on. A frame that breaks a rule while the server owes a reply (the client broke "
+                 "R7.2) gets a fatal ERROR. A client never survives one: on a malformed or unexpected "
+                 "frame it MAY send a fatal ERROR and MUST close."),
         ("MUST", "A server that cannot go on for a reason of its own sends a fatal ERROR "
                  "INTERNAL_ERROR and closes."),
     ),
