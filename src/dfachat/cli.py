@@ -121,10 +121,135 @@ def cmd_spec(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- dfachat server ---------------------------------------------------------------
+
+
+def _add_db_option(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument(
+        "--db",
+        default=default,
+        metavar="PATH",
+        help="the SQLite database (default: $XDG_DATA_HOME/dfachat/dfachat.db, "
+        "~/.local/share/dfachat/dfachat.db when unset); created on first use",
+    )
+
+
+def _db_path(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from dfachat.server.store import default_db_path
+
+    return Path(args.db) if args.db else default_db_path()
+
+
+def _add_server(commands: argparse._SubParsersAction) -> None:
+    from dfachat.spec import DEFAULT_PORT
+
+    parser = commands.add_parser(
+        "server",
+        help="run the reference server",
+        description="Run the reference dfachat server until SIGINT or SIGTERM, then shut down "
+        "gracefully (BYE to every session).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    _add_db_option(parser)
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="create the demo accounts Liz/pw1, Steve/pw2, Bailey/pw3 if they are missing",
+    )
+    parser.add_argument("--max-connections", type=int, default=10_000, help="refuse beyond this many")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level"
+    )
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    parser.set_defaults(handler=cmd_server)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """``dfachat server [--host] [--port] [--db] [--demo] [--log-level] [--log-json]``."""
+    from dfachat.server.app import ServerConfig
+    from dfachat.server.run import configure_logging, run_server
+
+    configure_logging(args.log_level, json_lines=args.log_json)
+    config = ServerConfig(host=args.host, port=args.port, max_connections=args.max_connections)
+    try:
+        return run_server(_db_path(args), config, demo=args.demo)
+    except OSError as exc:
+        print(f"dfachat: error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+# --- dfachat users ------------------------------------------------------------------
+
+
+def _add_users(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "users",
+        help="manage the server's accounts",
+        description="Manage accounts in the server's database. Passwords are prompted for "
+        "without echo, or read from the first line of standard input when it is not a terminal.",
+    )
+    _add_db_option(parser)
+    actions = parser.add_subparsers(dest="action", metavar="action", required=True)
+    for action, help_text in (
+        ("add", "create an account"),
+        ("remove", "delete an account and its stored messages"),
+        ("passwd", "change an account's password"),
+    ):
+        sub = actions.add_parser(action, help=help_text)
+        sub.add_argument("name", help="account name")
+        _add_db_option(sub, argparse.SUPPRESS)  # either side of the action, without overriding
+    _add_db_option(actions.add_parser("list", help="list the accounts"), argparse.SUPPRESS)
+    parser.set_defaults(handler=cmd_users)
+
+
+def _read_password(name: str) -> str:
+    if sys.stdin is not None and sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass(f"Password for {name}: ")
+        if getpass.getpass("Again: ") != first:
+            raise SystemExit("dfachat: error: the passwords differ")
+        return first
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    return line.rstrip("\r\n")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """``dfachat users add|remove|passwd NAME`` and ``dfachat users list``."""
+    from dfachat.server.store import Store
+
+    store = Store(_db_path(args))
+    try:
+        if args.action == "list":
+            for name in store.list_users():
+                _write(name + "\n")
+        elif args.action == "add":
+            store.check_name(args.name)
+            store.add_user(args.name, _read_password(args.name))
+            _write(f"added {args.name}\n")
+        elif args.action == "passwd":
+            if store.lookup(args.name) is None:
+                print(f"dfachat: error: no account named {args.name!r}", file=sys.stderr)
+                return EXIT_ERROR
+            store.set_password(args.name, _read_password(args.name))
+            _write(f"changed the password of {args.name}\n")
+        elif args.action == "remove":
+            if not store.remove_user(args.name):
+                print(f"dfachat: error: no account named {args.name!r}", file=sys.stderr)
+                return EXIT_ERROR
+            _write(f"removed {args.name}\n")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
 # --- the parser and the entry point ---------------------------------------------
 
-# One function per command; later: server, client, gui, check, fuzz, diagram.
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_spec,)
+# One function per command; later: client, gui, check, fuzz, diagram.
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_spec, _add_server, _add_users)
 
 
 def build_parser() -> argparse.ArgumentParser:

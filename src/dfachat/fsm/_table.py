@@ -68,6 +68,22 @@ class RoleTable:
     received_types: frozenset[int]  # message types this role ever receives
     discarding: frozenset[str]  # states whose spec says discards_input (R12.4)
 
+    def internal_sends(self, type_code: int) -> frozenset[str]:
+        """States where sending this type is one unguarded row that keeps the state.
+
+        A server pushing one frame to many sessions (DELIVER, JOINED, LEFT) checks
+        this set instead of running ``send`` per recipient: the same rule, read
+        once from the same table.
+        """
+        return frozenset(
+            state
+            for state, row in self.send.items()
+            if len(branches := row.get(type_code, ())) == 1
+            and branches[0].dest is None
+            and not branches[0].guards
+            and not branches[0].actions
+        )
+
 
 def _generate(role: str) -> RoleTable:
     machine = build_machine(role)

@@ -232,13 +232,16 @@ class Store:
         return self._next_id - 1
 
     # --- store and forward (R7.7) --------------------------------------------------
-    def store(self, recipient_key: str, server_msg_id: int, timestamp_ms: int, sender: str, flags: int, text: str) -> None:
-        """Commit a message for an offline recipient; returns once it is durable."""
-        self._db.execute(
-            "INSERT INTO stored (recipient_key, server_msg_id, timestamp_ms, sender, flags, text) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (recipient_key, server_msg_id, timestamp_ms, sender, flags, text),
-        )
+    def store(
+        self, recipient_keys: Iterable[str], server_msg_id: int, timestamp_ms: int, sender: str, flags: int, text: str
+    ) -> None:
+        """Commit a message for offline recipients, in one transaction; returns once it is durable."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO stored (recipient_key, server_msg_id, timestamp_ms, sender, flags, text) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(key, server_msg_id, timestamp_ms, sender, flags, text) for key in recipient_keys],
+            )
 
     def stored_for(self, recipient_key: str) -> list[StoredMessage]:
         rows = self._db.execute(
