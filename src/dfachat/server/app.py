@@ -39,7 +39,7 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
     Message,
     RecipientResult,
 )
-from dfachat.errors import DfachatError, LocalProtocolError, SpecError
+from dfachat.errors import LocalProtocolError, SpecError
 from dfachat.fsm import TABLES, ConnectionClosed, ProtocolViolation, ServerSession, make_error
 from dfachat.server.routing import reencode, route
 from dfachat.server.store import Store, name_key, verify_password
@@ -126,8 +126,7 @@ class Connection(asyncio.Protocol):
         self.server.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = self.server.loop.time()
-        self.pinged = False
+        # Activity is a whole frame, not a byte (R9.2): a peer dripping half a frame times out.
         self.session.feed(data)
         if not self.busy:
             self.process()
@@ -150,12 +149,18 @@ class Connection(asyncio.Protocol):
             event = self.session.next_event()
             if event is None:
                 return
-            if isinstance(event, Message):
-                server.handlers[event.TYPE](self, event)
-            elif isinstance(event, ProtocolViolation):
-                server.protocol_violation(self, event)
-            elif isinstance(event, ConnectionClosed):
-                server.peer_closed(self, event)
+            self.last_seen = server.loop.time()
+            self.pinged = False
+            try:
+                if isinstance(event, Message):
+                    server.handlers[event.TYPE](self, event)
+                elif isinstance(event, ProtocolViolation):
+                    server.protocol_violation(self, event)
+                elif isinstance(event, ConnectionClosed):
+                    server.peer_closed(self, event)
+                    return
+            except Exception:  # a bug of ours: this session ends (R11.4), the server carries on
+                server.internal_error(self, event)
                 return
 
     # --- output ---------------------------------------------------------------------
@@ -324,6 +329,13 @@ class ChatServer:
         else:
             conn.send(event.reply)
 
+    def internal_error(self, conn: Connection, event: object) -> None:
+        log.exception(
+            "connection %d: internal error handling %r", conn.id, event,
+            extra={"event": "internal_error", "conn": conn.id, "peer": conn.peer},
+        )
+        conn.end(make_error(ErrorCode.INTERNAL_ERROR, "the server failed handling your frame"), LeftReason.ERROR)
+
     def slow_consumer(self, conn: Connection) -> None:
         """R9.3: the peer does not read. Say so, then drop the connection and what it holds."""
         log.warning("connection %d: slow consumer", conn.id, extra={"event": "slow_consumer", "conn": conn.id})
@@ -399,9 +411,8 @@ class ChatServer:
                 self._login(conn, account.name, account.key)
             else:
                 await self._login_failed(conn, name)
-        except DfachatError as err:
-            log.error("connection %d: %s", conn.id, err, extra={"event": "internal_error", "conn": conn.id})
-            conn.end(make_error(ErrorCode.INTERNAL_ERROR, "the server could not check the password"), LeftReason.ERROR)
+        except Exception:
+            self.internal_error(conn, "PASS")
         finally:
             conn.busy = False
             if not conn.closing:
