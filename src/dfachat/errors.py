@@ -13,15 +13,25 @@ are looked up by name so that this module imports nothing from the spec.
     |   +-- UnknownMessageType, MalformedPayload,
     |       InvalidText, FieldInvalid                   (payload: frame skipped)
     +-- ProtocolError             a legal frame at the wrong moment
-        +-- LocalProtocolError    our own side broke the spec (a bug here)
-        +-- RemoteProtocolError   the peer broke the spec
-        +-- UnexpectedMessage     a message with no row in the state table
+    |   +-- LocalProtocolError    our own side broke the spec (a bug here)
+    |   +-- RemoteProtocolError   the peer broke the spec
+    |   +-- UnexpectedMessage     a message with no row in the state table
+    +-- ClientError               what the client library tells its caller
+        +-- ConnectionFailed      no connection to the server
+        +-- AuthenticationFailed  wrong user name or password (R6.2, R6.3)
+        +-- MessageRejected       the server refused a MSG or LIST (R7.9)
+        +-- SessionEnded          the server ended the session (BYE, fatal ERROR, drop)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "BadMagic",
+    "ClientError",
+    "ConnectionFailed",
+    "MessageRejected",
+    "SessionEnded",
     "ChecksumMismatch",
     "DfachatError",
     "FieldInvalid",
@@ -57,11 +67,12 @@ class DfachatError(Exception):
         super().__init__(f"{detail} [{self.rule}]")
 
     @property
-    def code(self) -> int:
-        """The numeric ERROR code, from the spec's error table."""
+    def code(self) -> int | None:
+        """The numeric ERROR code, from the spec's error table (None when the name is not a code)."""
         from dfachat.spec import ErrorCode
 
-        return int(ErrorCode[self.code_name])
+        member = ErrorCode.__members__.get(self.code_name)
+        return None if member is None else int(member)
 
 
 class SpecError(DfachatError):
@@ -153,3 +164,43 @@ class RemoteProtocolError(ProtocolError):
 
 class UnexpectedMessage(ProtocolError):
     """A received message with no row for it in the current state (R12.1)."""
+
+
+class ClientError(DfachatError):
+    """Raised by the client library; ``str()`` is a sentence a person can act on."""
+
+
+class ConnectionFailed(ClientError):
+    """The server could not be reached, or the connection broke during the handshake."""
+
+    rule, code_name = "R1.1", "INTERNAL_ERROR"
+
+
+class AuthenticationFailed(ClientError):
+    """Wrong user name or password; ``attempts_left`` before the server closes (R6.3)."""
+
+    rule, code_name = "R6.2", "UNEXPECTED_MESSAGE"
+
+    def __init__(self, detail: str, *, attempts_left: int) -> None:
+        super().__init__(detail)
+        self.attempts_left = attempts_left
+
+
+class MessageRejected(ClientError):
+    """The server answered a MSG or LIST with a non-fatal ERROR (R7.9): nothing was delivered."""
+
+    def __init__(self, detail: str, *, rule: str, code_name: str) -> None:
+        super().__init__(detail, rule=rule)
+        self.code_name = code_name
+
+
+class SessionEnded(ClientError):
+    """The session is over: BYE, a fatal ERROR, or the connection dropped.
+
+    ``code_name`` is the ERROR code when the server sent one (``SESSION_REPLACED``,
+    ``IDLE_TIMEOUT`` ...), ``"BYE"`` after BYE, ``"DROPPED"`` when the connection just ended.
+    """
+
+    def __init__(self, detail: str, *, rule: str = "R10.5", code_name: str = "DROPPED") -> None:
+        super().__init__(detail, rule=rule)
+        self.code_name = code_name

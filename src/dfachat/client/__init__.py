@@ -1,5 +1,44 @@
-"""The reference clients (library, ``dfachat client``, ``dfachat gui``) around
-:class:`dfachat.fsm.ClientSession`.
+"""The reference clients around :class:`dfachat.fsm.ClientSession`.
 
-Not built yet: this package is where the clients land.
+* :func:`connect` / :func:`open_chat` and :class:`Chat` -- the asyncio library;
+* the events a chat yields: :class:`Delivery`, :class:`Joined`, :class:`Left`,
+  :class:`Notice`, :class:`Closed`; :class:`SendResult` for a MSG_ACK.
 """
+
+from dfachat.client.library import (
+    Chat,
+    ChatEvent,
+    Closed,
+    Delivery,
+    Joined,
+    Left,
+    Notice,
+    SendResult,
+    connect,
+    open_chat,
+)
+from dfachat.errors import (
+    AuthenticationFailed,
+    ClientError,
+    ConnectionFailed,
+    MessageRejected,
+    SessionEnded,
+)
+
+__all__ = [
+    "AuthenticationFailed",
+    "Chat",
+    "ChatEvent",
+    "ClientError",
+    "Closed",
+    "ConnectionFailed",
+    "Delivery",
+    "Joined",
+    "Left",
+    "MessageRejected",
+    "Notice",
+    "SendResult",
+    "SessionEnded",
+    "connect",
+    "open_chat",
+]
