@@ -195,6 +195,7 @@ class Chat:
         self._reader_task: asyncio.Task[None] | None = None
         self.ended: SessionEnded | None = None
         self._closed_emitted = False
+        self._backlog: list[Any] = []  # events read with the handshake's last reply
 
     # --- handshake ----------------------------------------------------------------------
     async def _login(self, user: str, password: str, software: str, timeout: float) -> None:
@@ -223,13 +224,20 @@ class Chat:
         self._reader_task = asyncio.get_running_loop().create_task(self._read_forever())
 
     async def _await(self, kinds: Any, timeout: float) -> Any:
-        """During the handshake: read until a message of ``kinds`` (others are errors)."""
+        """During the handshake: read until a message of ``kinds`` (others are errors).
+
+        Events read together with it (stored DELIVERs, JOINED ... right after
+        AUTH_OK) stay in the backlog for the running session.
+        """
         async with asyncio.timeout(timeout):
             while True:
-                for event in await self._read_events():
-                    if isinstance(event, kinds):
-                        return event
-                    self._handshake_failure(event)
+                if not self._backlog:
+                    self._backlog = await self._read_events()
+                    continue
+                event = self._backlog.pop(0)
+                if isinstance(event, kinds):
+                    return event
+                self._handshake_failure(event)
 
     def _handshake_failure(self, event: Any) -> None:
         if isinstance(event, ERROR):
@@ -258,6 +266,9 @@ class Chat:
     # --- the running session ---------------------------------------------------------------
     async def _read_forever(self) -> None:
         try:
+            backlog, self._backlog = self._backlog, []
+            for event in backlog:
+                self._handle(event)
             while not self.session.closed:
                 for event in await self._read_events():
                     self._handle(event)
