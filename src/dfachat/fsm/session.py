@@ -160,21 +160,33 @@ class Session:
             except FrameError as err:
                 return self._violation(err, err.message_type)
             if message is not None:
-                branches = self._recv[state].get(message.TYPE)
-                if branches is not None:
-                    for branch in branches:
-                        if not branch.guards or branch.admits(self, message):
-                            if branch.dest is not None:
-                                self._state = branch.dest
-                            if branch.actions:
-                                self._run_actions(branch, message)
-                            return message
-                return self._violation(self._unexpected(message, branches), message.TYPE)
+                return self.receive_message(message)
         elif self._decoder.buffered:
             self._decoder.discard()  # R12.4
         if self._eof and not self._close_reported:
             return self._connection_closed()
         return None
+
+    def receive_message(self, message: Message) -> Event | None:
+        """Take an already decoded message, as if its frame had arrived (no codec).
+
+        For models that pass typed messages (the model checker): the same table,
+        guards, actions and violations as ``next_event``. None when the state
+        discards input (R12.4) or reading has stopped after a fatal violation.
+        """
+        state = self._state
+        if self._stopped or state in self._discarding:
+            return None
+        branches = self._recv[state].get(message.TYPE)
+        if branches is not None:
+            for branch in branches:
+                if not branch.guards or branch.admits(self, message):
+                    if branch.dest is not None:
+                        self._state = branch.dest
+                    if branch.actions:
+                        self._run_actions(branch, message)
+                    return message
+        return self._violation(self._unexpected(message, branches), message.TYPE)
 
     def _connection_closed(self) -> ConnectionClosed:
         error = None
