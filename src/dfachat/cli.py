@@ -246,10 +246,84 @@ def cmd_users(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- dfachat client -----------------------------------------------------------------
+
+
+def _add_client(commands: argparse._SubParsersAction) -> None:
+    from dfachat.spec import DEFAULT_PORT
+
+    parser = commands.add_parser(
+        "client",
+        help="chat in the terminal",
+        description="Chat in the terminal. Asks for the host, encoding, user name and password "
+        "unless given; the password may also come from $DFACHAT_PASSWORD. When standard input is "
+        "not a terminal, each of its lines is sent (the same /to, /who and /quit commands work) "
+        "and the client quits at its end, once every message was acknowledged.",
+    )
+    parser.add_argument("--host", help="the server (asked when not given; blank means localhost)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--encoding", help="text encoding: utf-8 (the default when piped), latin-1, ascii ..."
+    )
+    parser.add_argument("--user", help="user name (asked when not given)")
+    parser.add_argument(
+        "--json", action="store_true", help="print events and send results as JSON lines"
+    )
+    parser.set_defaults(handler=cmd_client)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    """``dfachat client [--host] [--port] [--encoding] [--user] [--json]``."""
+    from dfachat.client.terminal import run_client
+
+    return run_client(
+        host=args.host,
+        port=args.port,
+        encoding=args.encoding,
+        user=args.user,
+        password=os.environ.get("DFACHAT_PASSWORD"),
+        json_lines=args.json,
+    )
+
+
+# --- dfachat gui --------------------------------------------------------------------
+
+
+def _add_gui(commands: argparse._SubParsersAction) -> None:
+    from dfachat.spec import DEFAULT_PORT, ENCODINGS
+
+    parser = commands.add_parser(
+        "gui",
+        help="chat in a desktop window (Tk)",
+        description="Chat in a desktop window. The options prefill the login dialog; the "
+        "password is always typed there.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="the server (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--encoding", default="utf-8", choices=list(ENCODINGS), help="text encoding (default utf-8)"
+    )
+    parser.add_argument("--user", default="", help="user name")
+    parser.set_defaults(handler=cmd_gui)
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    """``dfachat gui [--host] [--port] [--encoding] [--user]``."""
+    try:
+        from dfachat.client.gui import run
+    except ImportError as exc:  # Python built without Tk
+        print(f"dfachat: error: the window needs Tk, which this Python lacks ({exc}); "
+              "on Debian install python3-tk", file=sys.stderr)
+        return EXIT_ERROR
+    return run(host=args.host, port=args.port, encoding=args.encoding, user=args.user)
+
+
 # --- the parser and the entry point ---------------------------------------------
 
-# One function per command; later: client, gui, check, fuzz, diagram.
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_spec, _add_server, _add_users)
+# One function per command; to come: check, fuzz, diagram.
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_spec, _add_server, _add_users, _add_client, _add_gui
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import socket
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +53,8 @@ from dfachat.errors import (
     ClientError,
     ConnectionFailed,
     DfachatError,
+    FrameError,
+    LocalProtocolError,
     MessageRejected,
     SessionEnded,
 )
@@ -397,7 +401,14 @@ class Chat:
                 code_name="INVALID_TEXT",
             ) from None
         del encoded
-        ack = await self._request(MSG(msg_id=next(self._msg_ids) & 0xFFFFFFFF, recipients=recipients, text=text), MSG_ACK, timeout)
+        message = MSG(msg_id=next(self._msg_ids) & 0xFFFFFFFF, recipients=recipients, text=text)
+        try:
+            ack = await self._request(message, MSG_ACK, timeout)
+        except LocalProtocolError as exc:
+            if not isinstance(exc.__cause__, FrameError):
+                raise
+            # A recipient name or count the spec forbids (R4.1, R4.3): nothing was sent.
+            raise MessageRejected(f"cannot send it: {exc.__cause__.detail}", rule=exc.rule, code_name="FIELD_INVALID") from None
         return SendResult(
             msg_id=ack.msg_id,
             server_msg_id=ack.server_msg_id,
@@ -480,7 +491,12 @@ async def open_chat(
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
     except (OSError, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        if isinstance(exc, TimeoutError):
+            reason = "timed out"
+        elif exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+            reason = os.strerror(exc.errno)  # asyncio's strerror is "Connect call failed ('::1', 1)"
+        else:
+            reason = exc.strerror or str(exc)
         raise ConnectionFailed(f"cannot reach a dfachat server at {host}:{port}: {reason}") from None
     chat = Chat(reader, writer, encoding)
     try:
