@@ -234,7 +234,9 @@ SECTIONS: tuple[Section, ...] = (
                  "ERROR IDLE_TIMEOUT; the server SHOULD PING it after half that time. Every frame "
                  "counts as activity."),
         ("MUST", "The server bounds the bytes queued for each session ({max_output_buffer} by "
-                 "default); a session whose queue overflows gets a fatal ERROR SLOW_CONSUMER."),
+                 "default, not counting the stored messages it sends at login, R7.7); when the "
+                 "queue overflows, the server sends a fatal ERROR SLOW_CONSUMER (which a peer that "
+                 "does not read may never see) and drops the connection and its queue."),
         ("MAY", "A server MAY bound the bytes a session sends per second; a session over the bound "
                 "gets a fatal ERROR RATE_LIMITED."),
     ),
