@@ -100,6 +100,7 @@ class Connection(asyncio.Protocol):
         "busy",
         "left_reason",
         "closing",
+        "backlog",
     )
 
     def __init__(self, server: ChatServer, conn_id: int) -> None:
@@ -116,6 +117,7 @@ class Connection(asyncio.Protocol):
         self.busy = False  # a handler is waiting (password check, back-off): hold later events
         self.left_reason = LeftReason.DROPPED
         self.closing = False
+        self.backlog = 0  # bytes of stored messages being delivered: exempt from the output bound
 
     # --- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -184,8 +186,13 @@ class Connection(asyncio.Protocol):
         transport.write(data)
         if self.session.closed:
             self.close_transport()
-        elif transport.get_write_buffer_size() > self.server.config.limits.max_output_buffer:
-            self.server.slow_consumer(self)
+        else:
+            size = transport.get_write_buffer_size()
+            limit = self.server.config.limits.max_output_buffer
+            if size > limit + self.backlog:
+                self.server.slow_consumer(self)
+            elif self.backlog and size <= limit:
+                self.backlog = 0  # the stored messages have drained: the plain bound again
 
     def close_transport(self) -> None:
         self.closing = True
@@ -367,7 +374,12 @@ class ChatServer:
         common = set(hello.versions) & set(SUPPORTED_VERSIONS)
         if not common:
             conn.end(
-                make_error(ErrorCode.UNSUPPORTED_VERSION, f"this server speaks versions {SUPPORTED_VERSIONS}", rule="R5.2"),
+                make_error(
+                    ErrorCode.UNSUPPORTED_VERSION,
+                    f"this server speaks versions {SUPPORTED_VERSIONS}",
+                    rule="R5.2",
+                    regarding=hello.TYPE,  # R11.1: the frame it is about
+                ),
                 LeftReason.ERROR,
             )
         elif hello.encoding not in ENCODINGS:
@@ -375,6 +387,7 @@ class ChatServer:
                 make_error(
                     ErrorCode.UNSUPPORTED_ENCODING,
                     f"{hello.encoding!r} is not supported; use one of {', '.join(ENCODINGS)}",
+                    regarding=hello.TYPE,
                 ),
                 LeftReason.ERROR,
             )
@@ -427,9 +440,7 @@ class ChatServer:
             count, last = table.get(k, (0, 0.0))
             if count and now - last <= limits.backoff_window_s:
                 earlier = max(earlier, count)
-        if not earlier:
-            return 0
-        return min(limits.backoff_base_ms << (earlier - 1), limits.backoff_max_ms)
+        return min(limits.backoff_base_ms << earlier, limits.backoff_max_ms)
 
     def _record_failure(self, key: str, address: str) -> None:
         now = self.loop.time()
@@ -441,7 +452,7 @@ class ChatServer:
     async def _login_failed(self, conn: Connection, name: str) -> None:
         address = conn.peer.rsplit(":", 1)[0]
         key = name_key(name)
-        delay = max(self.config.limits.backoff_base_ms, self.backoff_ms(key, address))
+        delay = self.backoff_ms(key, address)
         self._record_failure(key, address)
         await asyncio.sleep(delay / 1000)
         if conn.session.closed or conn.closing:
@@ -486,7 +497,10 @@ class ChatServer:
             if replaced:
                 flags |= DeliverFlags.LOSSY
             conn.send(DELIVER(server_msg_id=item.server_msg_id, timestamp_ms=item.timestamp_ms, flags=flags, sender=item.sender, text=text))
-        # Forgotten only once handed to the transport (R7.7).
+        # Forgotten only once handed to the transport (R7.7). The backlog is what the server
+        # chose to send at once, not output the client failed to read: it does not count
+        # against the slow-consumer bound (R9.3), or a long backlog would be cut off and lost.
+        conn.backlog = sum(map(len, conn.out))
         conn.flush()
         self.store.forget(item.id for item in stored)
 
@@ -580,7 +594,11 @@ class ChatServer:
             silent = now - conn.last_seen
             if silent >= limits.idle_timeout_s:
                 conn.end(
-                    make_error(ErrorCode.IDLE_TIMEOUT, f"nothing received for {limits.idle_timeout_s} s"),
+                    make_error(
+                        ErrorCode.IDLE_TIMEOUT,
+                        f"nothing received for {limits.idle_timeout_s} s",
+                        rule="R9.2" if conn.session.authenticated else "R6.8",
+                    ),
                     LeftReason.TIMEOUT,
                 )
             elif silent >= limits.idle_timeout_s / 2 and not conn.pinged and conn.session.state in _PUSHABLE:
