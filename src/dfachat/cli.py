@@ -143,7 +143,7 @@ def _db_path(args: argparse.Namespace) -> Any:
 
 
 def _add_server(commands: argparse._SubParsersAction) -> None:
-    from dfachat.spec import DEFAULT_PORT
+    from dfachat.spec import DEFAULT_PORT, LIMITS
 
     parser = commands.add_parser(
         "server",
@@ -159,7 +159,25 @@ def _add_server(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="create the demo accounts Liz/pw1, Steve/pw2, Bailey/pw3 if they are missing",
     )
-    parser.add_argument("--max-connections", type=int, default=10_000, help="refuse beyond this many")
+    parser.add_argument("--max-connections", type=int, default=10_000, help="refuse beyond this many (R1.4)")
+    parser.add_argument(
+        "--max-per-address", type=int, default=LIMITS.max_per_address, metavar="N",
+        help=f"connections open at once from one address (R1.5; default {LIMITS.max_per_address})",
+    )
+    parser.add_argument(
+        "--max-logins-per-minute", type=int, default=LIMITS.max_logins_per_minute, metavar="N",
+        help=f"login attempts from one address in any 60 s (R9.5; default {LIMITS.max_logins_per_minute})",
+    )
+    parser.add_argument(
+        "--max-bytes-per-s", type=int, default=LIMITS.max_bytes_per_s, metavar="N",
+        help=f"bytes a session may send per second (R9.4; default {LIMITS.max_bytes_per_s})",
+    )
+    parser.add_argument(
+        "--max-burst-bytes", type=int, default=LIMITS.max_burst_bytes, metavar="N",
+        help=f"bytes a session may send at once above that rate (R9.4; default {LIMITS.max_burst_bytes})",
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level"
     )
@@ -168,12 +186,43 @@ def _add_server(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    """``dfachat server [--host] [--port] [--db] [--demo] [--log-level] [--log-json]``."""
+    """``dfachat server [--host] [--port] [--db] [--demo] [--max-...] [--tls-cert --tls-key] [--log-...]``."""
+    from dataclasses import replace
+
     from dfachat.server.app import ServerConfig
     from dfachat.server.run import configure_logging, run_server
+    from dfachat.spec import LIMITS
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("dfachat: error: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
+        return EXIT_ERROR
+    bounds = {
+        "max_per_address": args.max_per_address,
+        "max_logins_per_minute": args.max_logins_per_minute,
+        "max_bytes_per_s": args.max_bytes_per_s,
+        "max_burst_bytes": args.max_burst_bytes,
+    }
+    for name, value in bounds.items():
+        if value < 1:
+            print(f"dfachat: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return EXIT_ERROR
+    if args.max_burst_bytes < LIMITS.max_frame:
+        print(f"dfachat: error: --max-burst-bytes must be at least one frame ({LIMITS.max_frame})", file=sys.stderr)
+        return EXIT_ERROR
+    tls = None
+    if args.tls_cert is not None:
+        from dfachat.server.tls import server_context
+
+        try:
+            tls = server_context(args.tls_cert, args.tls_key)
+        except DfachatError as exc:
+            print(f"dfachat: error: {exc.detail}", file=sys.stderr)
+            return EXIT_ERROR
     configure_logging(args.log_level, json_lines=args.log_json)
-    config = ServerConfig(host=args.host, port=args.port, max_connections=args.max_connections)
+    config = ServerConfig(
+        host=args.host, port=args.port, max_connections=args.max_connections,
+        limits=replace(LIMITS, **bounds), tls=tls,
+    )
     try:
         return run_server(_db_path(args), config, demo=args.demo)
     except OSError as exc:
@@ -269,13 +318,40 @@ def _add_client(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print events and send results as JSON lines"
     )
+    _add_tls_options(parser)
     parser.set_defaults(handler=cmd_client)
 
 
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls", action="store_true",
+        help="connect with TLS; the server's certificate and host name are checked",
+    )
+    parser.add_argument(
+        "--ca", metavar="FILE",
+        help="trust the CA certificate(s) in this PEM file (e.g. the server's self-signed cert.pem); "
+        "implies --tls",
+    )
+
+
+def _tls_context(args: argparse.Namespace) -> Any:
+    """The ``ssl`` argument of the client library for ``--tls`` / ``--ca`` (None without them)."""
+    if not (args.tls or args.ca):
+        return None
+    from dfachat.client import tls_context
+
+    return tls_context(args.ca)
+
+
 def cmd_client(args: argparse.Namespace) -> int:
-    """``dfachat client [--host] [--port] [--encoding] [--user] [--json]``."""
+    """``dfachat client [--host] [--port] [--encoding] [--user] [--json] [--tls] [--ca FILE]``."""
     from dfachat.client.terminal import run_client
 
+    try:
+        ssl = _tls_context(args)
+    except DfachatError as exc:
+        print(f"dfachat: error: {exc.detail}", file=sys.stderr)
+        return EXIT_ERROR
     return run_client(
         host=args.host,
         port=args.port,
@@ -283,6 +359,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         user=args.user,
         password=os.environ.get("DFACHAT_PASSWORD"),
         json_lines=args.json,
+        ssl=ssl,
     )
 
 
@@ -304,25 +381,64 @@ def _add_gui(commands: argparse._SubParsersAction) -> None:
         "--encoding", default="utf-8", choices=list(ENCODINGS), help="text encoding (default utf-8)"
     )
     parser.add_argument("--user", default="", help="user name")
+    _add_tls_options(parser)
     parser.set_defaults(handler=cmd_gui)
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
-    """``dfachat gui [--host] [--port] [--encoding] [--user]``."""
+    """``dfachat gui [--host] [--port] [--encoding] [--user] [--tls] [--ca FILE]``."""
+    try:
+        ssl = _tls_context(args)
+    except DfachatError as exc:
+        print(f"dfachat: error: {exc.detail}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         from dfachat.client.gui import run
     except ImportError as exc:  # Python built without Tk
         print(f"dfachat: error: the window needs Tk, which this Python lacks ({exc}); "
               "on Debian install python3-tk", file=sys.stderr)
         return EXIT_ERROR
-    return run(host=args.host, port=args.port, encoding=args.encoding, user=args.user)
+    return run(host=args.host, port=args.port, encoding=args.encoding, user=args.user, ssl=ssl)
+
+
+# --- dfachat cert -------------------------------------------------------------------
+
+
+def _add_cert(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "cert",
+        help="make a self-signed TLS certificate and key for local use",
+        description="Make cert.pem and key.pem (self-signed, RSA 2048, valid 365 days) with the "
+        "openssl program, for `dfachat server --tls-cert cert.pem --tls-key key.pem`; clients "
+        "trust it with `--ca cert.pem`.",
+    )
+    parser.add_argument("--out-dir", default=".", metavar="DIR", help="where to write them (default .)")
+    parser.add_argument(
+        "--host", action="append", metavar="NAME",
+        help="a host name or IP address the certificate is for (repeatable; default localhost and 127.0.0.1)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace existing cert.pem and key.pem")
+    parser.set_defaults(handler=cmd_cert)
+
+
+def cmd_cert(args: argparse.Namespace) -> int:
+    """``dfachat cert [--out-dir DIR] [--host NAME ...] [--force]``."""
+    from dfachat.server.tls import make_certificate
+
+    try:
+        cert, key = make_certificate(args.out_dir, args.host or ("localhost", "127.0.0.1"), force=args.force)
+    except DfachatError as exc:
+        print(f"dfachat: error: {exc.detail}", file=sys.stderr)
+        return EXIT_ERROR
+    _write(f"wrote {cert} and {key} (keep the key private)\n")
+    return EXIT_OK
 
 
 # --- the parser and the entry point ---------------------------------------------
 
 # One function per command; to come: check, fuzz, diagram.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_spec, _add_server, _add_users, _add_client, _add_gui
+    _add_spec, _add_server, _add_users, _add_client, _add_gui, _add_cert
 )
 
 

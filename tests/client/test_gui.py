@@ -21,6 +21,7 @@ import re
 import select
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -492,8 +493,12 @@ def test_the_command_prefills_the_dialog(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(gui, "run", lambda **options: seen.update(options) or 0)
     argv = ["gui", "--host", "chat.example", "--port", "4000", "--encoding", "cp1252", "--user", "Bailey"]
     assert cli.main(argv) == 0
-    assert seen == {"host": "chat.example", "port": 4000, "encoding": "cp1252", "user": "Bailey"}
+    assert seen == {"host": "chat.example", "port": 4000, "encoding": "cp1252", "user": "Bailey", "ssl": None}
     assert cli.main(["gui", "--encoding", "ebcdic"]) == 2  # not one of the spec's encodings
+    # --tls: a context that checks the server's certificate and host name.
+    assert cli.main(["gui", "--tls"]) == 0
+    assert seen["ssl"].verify_mode == ssl.CERT_REQUIRED and seen["ssl"].check_hostname
+    assert cli.main(["gui", "--ca", "/nonexistent/ca.pem"]) == 2
 
 
 def test_the_command_without_a_display_says_so(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:

@@ -33,7 +33,8 @@ HELLO_FRAME = encode(HELLO(versions=(1,), encoding="utf-8", software="slowpoke")
 # --- a client that never reads ---------------------------------------------------------------
 async def test_slow_consumer_is_cut_off_and_memory_stays_bounded(chat: Chat) -> None:
     limit = 64 * 1024
-    server = await chat.start(limits=Limits(max_output_buffer=limit))
+    # Liz floods on purpose: lift the receive-rate bound (R9.4), which is not under test here.
+    server = await chat.start(limits=Limits(max_output_buffer=limit, max_bytes_per_s=1 << 30, max_burst_bytes=1 << 30))
     liz = await chat.login("Liz")
     steve = await chat.login("Steve")
     bailey = await chat.login("Bailey", rcvbuf=4096)

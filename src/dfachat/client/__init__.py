@@ -1,6 +1,7 @@
 """The reference clients around :class:`dfachat.fsm.ClientSession`.
 
 * :func:`connect` / :func:`open_chat` and :class:`Chat` -- the asyncio library;
+* :func:`tls_context` -- the ``ssl`` argument of those for a TLS server (certificates checked);
 * the events a chat yields: :class:`Delivery`, :class:`Joined`, :class:`Left`,
   :class:`Notice`, :class:`Closed`; :class:`SendResult` for a MSG_ACK.
 """
@@ -16,6 +17,7 @@ from dfachat.client.library import (
     SendResult,
     connect,
     open_chat,
+    tls_context,
 )
 from dfachat.errors import (
     AuthenticationFailed,
@@ -41,4 +43,5 @@ __all__ = [
     "SessionEnded",
     "connect",
     "open_chat",
+    "tls_context",
 ]

@@ -673,14 +673,19 @@ class ChatApp:
 # --- running it -------------------------------------------------------------------------------
 
 
-def run(*, host: str = "127.0.0.1", port: int = DEFAULT_PORT, encoding: str = "utf-8", user: str = "") -> int:
-    """Open the window and run until the person quits; returns the exit status."""
+def run(*, host: str = "127.0.0.1", port: int = DEFAULT_PORT, encoding: str = "utf-8", user: str = "",
+        ssl: Any = None) -> int:
+    """Open the window and run until the person quits; returns the exit status.
+
+    ``ssl`` is an ``ssl.SSLContext`` (:func:`dfachat.client.tls_context`) for a TLS server.
+    """
     try:
         root = tk.Tk(className="dfachat")
     except tk.TclError as exc:
         print(f"dfachat: error: cannot open a window: {exc} (is DISPLAY set?)", file=sys.stderr)
         return 2
-    app = ChatApp(root, host=host, port=port, encoding=encoding, user=user)
+    factory = ChatThread if ssl is None else functools.partial(ChatThread, ssl=ssl)
+    app = ChatApp(root, chat_thread_factory=factory, host=host, port=port, encoding=encoding, user=user)
     try:
         root.mainloop()
     except KeyboardInterrupt:

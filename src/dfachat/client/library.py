@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import os
 import socket
+import ssl as _ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,6 +83,8 @@ __all__ = [
     "Notice",
     "SendResult",
     "connect",
+    "open_chat",
+    "tls_context",
 ]
 
 SOFTWARE = f"dfachat-client/{__version__}"
@@ -149,6 +152,24 @@ class SendResult:
         return {n: o for n, o in self.outcomes.items() if o is not Outcome.DELIVERED}
 
 
+def tls_context(ca: str | os.PathLike[str] | None = None) -> _ssl.SSLContext:
+    """A client TLS context for ``open_chat(..., ssl=...)``: the server's certificate and host name are checked.
+
+    ``ca`` is a PEM file of certificates to trust (a self-signed server's own
+    certificate, say); without it, the system's trusted authorities.
+    """
+    try:
+        return _ssl.create_default_context(cafile=None if ca is None else os.fspath(ca))
+    except (OSError, _ssl.SSLError) as exc:
+        reason = "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
+        raise ConnectionFailed(f"cannot use {os.fspath(ca) if ca is not None else 'the system'} CA certificates: {reason}") from None
+
+
+def _looks_like_tls(data: bytes) -> bool:
+    """A TLS record (alert 0x15 or handshake 0x16, version 3.x) where a dfachat frame should be."""
+    return data[:1] in (b"\x15", b"\x16") and data[1:2] in (b"", b"\x03")
+
+
 # --- sentences ----------------------------------------------------------------------------
 
 _END_SENTENCES = {
@@ -179,7 +200,10 @@ def _ended_by_bye(bye: Message) -> SessionEnded:
 class Chat:
     """One logged-in session. Use :func:`connect` to make one."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, encoding: str) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, encoding: str,
+                 address: str = "") -> None:
+        self._address = address  # "host:port", for sentences
+        self._first_read = True
         self._reader = reader
         self._writer = writer
         self.session = ClientSession()
@@ -252,7 +276,8 @@ class Chat:
             self._report_violation(event)
             raise ConnectionFailed(f"the server broke the protocol during login: {event}", rule=event.rule)
         if isinstance(event, ConnectionClosed):
-            raise ConnectionFailed("the server closed the connection during login")
+            hint = "" if self._writer.get_extra_info("ssl_object") else " (if it speaks only TLS, use --tls)"
+            raise ConnectionFailed(f"the server closed the connection during login{hint}")
         raise ConnectionFailed(f"unexpected {type(event).__name__} during login")
 
     async def _read_events(self) -> list[Any]:
@@ -262,6 +287,10 @@ class Chat:
             data = b""
             if self.ended is None:
                 self.ended = SessionEnded(f"the connection to the server broke: {exc}")
+        if self._first_read and data:
+            self._first_read = False
+            if _looks_like_tls(data) and self._writer.get_extra_info("ssl_object") is None:
+                raise ConnectionFailed(f"the server at {self._address} speaks TLS: use --tls")
         return self.session.receive_data(data)
 
     def _write(self, message: Message) -> None:
@@ -490,6 +519,15 @@ async def open_chat(
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
+    except _ssl.SSLCertVerificationError as exc:
+        raise ConnectionFailed(
+            f"the server at {host}:{port} sent a certificate that cannot be trusted "
+            f"({exc.verify_message or exc.reason}); give its CA certificate with --ca FILE"
+        ) from None
+    except _ssl.SSLError as exc:
+        raise ConnectionFailed(
+            f"the server at {host}:{port} does not speak TLS (the TLS handshake failed: {exc.reason or exc})"
+        ) from None
     except (OSError, TimeoutError) as exc:
         if isinstance(exc, TimeoutError):
             reason = "timed out"
@@ -498,7 +536,7 @@ async def open_chat(
         else:
             reason = exc.strerror or str(exc)
         raise ConnectionFailed(f"cannot reach a dfachat server at {host}:{port}: {reason}") from None
-    chat = Chat(reader, writer, encoding)
+    chat = Chat(reader, writer, encoding, f"{host}:{port}")
     try:
         await chat._login(user, password, software, timeout)
     except TimeoutError:

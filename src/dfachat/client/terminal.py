@@ -479,7 +479,8 @@ def _ask_encoding() -> str:
 
 
 async def _log_in(
-    host: str, port: int, encoding: str, user: str | None, password: str | None, interactive: bool
+    host: str, port: int, encoding: str, user: str | None, password: str | None, interactive: bool,
+    ssl: Any = None,
 ) -> Chat | int:
     """Log in, asking for the user name and password when needed (again after a wrong one)."""
     budget: int | None = None  # attempts left, counted across reconnections
@@ -490,7 +491,7 @@ async def _log_in(
         if password is None:
             password = getpass.getpass("Password: ")
         try:
-            return await open_chat(host, port, user=user, password=password, encoding=encoding)
+            return await open_chat(host, port, user=user, password=password, encoding=encoding, ssl=ssl)
         except AuthenticationFailed as exc:
             budget = exc.attempts_left if budget is None else min(budget - 1, exc.attempts_left)
             if not interactive or budget <= 0:
@@ -515,8 +516,12 @@ def run_client(
     user: str | None,
     password: str | None,
     json_lines: bool = False,
+    ssl: Any = None,
 ) -> int:
-    """``dfachat client``: returns the exit status (0 after /quit or the end of input)."""
+    """``dfachat client``: returns the exit status (0 after /quit or the end of input).
+
+    ``ssl`` is an ``ssl.SSLContext`` (:func:`dfachat.client.tls_context`) for a TLS server.
+    """
     stdin_tty = sys.stdin is not None and sys.stdin.isatty()
     interactive = stdin_tty and not json_lines
     if encoding is not None:
@@ -533,7 +538,7 @@ def run_client(
             host = (_ask("Host: ") if stdin_tty else "").strip() or "localhost"
         if encoding is None:
             encoding = _ask_encoding() if stdin_tty else "utf-8"
-        return asyncio.run(_main(host, port, encoding, user, password, interactive, json_lines))
+        return asyncio.run(_main(host, port, encoding, user, password, interactive, json_lines, ssl))
     except EOFError:  # Ctrl-D at a prompt
         print(file=sys.stderr)
         return EXIT_FAILED
@@ -551,8 +556,9 @@ async def _main(
     password: str | None,
     interactive: bool,
     json_lines: bool,
+    ssl: Any = None,
 ) -> int:
-    chat = await _log_in(host, port, encoding, user, password, interactive)
+    chat = await _log_in(host, port, encoding, user, password, interactive, ssl)
     if isinstance(chat, int):
         return chat
     if not interactive:

@@ -46,9 +46,11 @@ class LoggedIn:
 class ChatThread:
     """An asyncio loop on a daemon thread running one :class:`~dfachat.client.library.Chat`."""
 
-    def __init__(self, on_event: Callable[[ChatEvent], None] | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(self, on_event: Callable[[ChatEvent], None] | None = None, *, timeout: float = 10.0,
+                 ssl: Any = None) -> None:
         self.on_event = on_event
         self.timeout = timeout
+        self.ssl = ssl  # an ssl.SSLContext (dfachat.client.tls_context) for a TLS server
         self._chat: Chat | None = None
         self._pump: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
@@ -106,7 +108,9 @@ class ChatThread:
     async def _login(self, host: str, port: int, user: str, password: str, encoding: str) -> LoggedIn:
         if self._chat is not None and self._chat.ended is None:
             raise SessionEnded(f"already logged in as {self._chat.user}", code_name="BYE")
-        chat = await open_chat(host, port, user=user, password=password, encoding=encoding, timeout=self.timeout)
+        chat = await open_chat(
+            host, port, user=user, password=password, encoding=encoding, timeout=self.timeout, ssl=self.ssl
+        )
         self._chat = chat
         self._pump = asyncio.get_running_loop().create_task(self._forward_events(chat))
         return LoggedIn(chat.user, tuple(chat.online), chat.encoding, chat.server_software)

@@ -18,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +36,7 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
     JOINED,
     LEFT,
     MSG_ACK,
+    PASS,
     PING,
     PONG,
     USERS,
@@ -43,6 +47,7 @@ from dfachat.errors import LocalProtocolError, SpecError
 from dfachat.fsm import TABLES, ConnectionClosed, ProtocolViolation, ServerSession, make_error
 from dfachat.server.routing import reencode, route
 from dfachat.server.store import Store, name_key, verify_password
+from dfachat.server.tls import looks_like_tls, peek, refuse_plaintext
 from dfachat.spec import (
     ENCODINGS,
     LIMITS,
@@ -77,6 +82,8 @@ class ServerConfig:
     max_connections: int = 10_000
     software: str = _SOFTWARE
     sweep_interval_s: float = 1.0  # how often idle sessions and back-off records are checked
+    tls: ssl.SSLContext | None = None  # serve TLS only (dfachat.server.tls.server_context)
+    tls_handshake_timeout_s: float = 10.0  # for the first bytes and the handshake of a TLS client
 
 
 def _now_ms() -> int:
@@ -101,6 +108,10 @@ class Connection(asyncio.Protocol):
         "left_reason",
         "closing",
         "backlog",
+        "address",
+        "tokens",
+        "refilled",
+        "fresh",
     )
 
     def __init__(self, server: ChatServer, conn_id: int) -> None:
@@ -118,16 +129,38 @@ class Connection(asyncio.Protocol):
         self.left_reason = LeftReason.DROPPED
         self.closing = False
         self.backlog = 0  # bytes of stored messages being delivered: exempt from the output bound
+        self.address = "?"  # the peer's address without the port (R1.5, R9.5)
+        self.tokens = float(server.config.limits.max_burst_bytes)  # the receive token bucket (R9.4)
+        self.refilled = 0.0
+        self.fresh = True  # nothing received yet
 
     # --- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.last_seen = self.server.loop.time()
+        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.last_seen = self.refilled = self.server.loop.time()
         self.server.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        server = self.server
+        limits = server.config.limits
+        now = server.loop.time()
+        # R9.4: a token bucket over the bytes received.
+        tokens = self.tokens + (now - self.refilled) * limits.max_bytes_per_s
+        self.tokens = (tokens if tokens < limits.max_burst_bytes else limits.max_burst_bytes) - len(data)
+        self.refilled = now
+        if self.tokens < 0:
+            server.rate_limited(self)
+            return
+        if self.fresh:
+            self.fresh = False
+            if server.config.tls is None and looks_like_tls(data):
+                server.tls_on_plaintext(self)
+                return
         # Activity is a whole frame, not a byte (R9.2): a peer dripping half a frame times out.
         self.session.feed(data)
         if not self.busy:
@@ -226,11 +259,16 @@ class ChatServer:
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
         self._server: asyncio.base_events.Server | None = None
+        self._listener: socket.socket | None = None  # TLS: accepted by _accept_tls_forever
+        self._acceptor: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._next_conn_id = 1
         # failed logins, for the back-off (R6.4): key -> (count, time of the last failure)
         self.failures_by_account: dict[str, tuple[int, float]] = {}
         self.failures_by_address: dict[str, tuple[int, float]] = {}
+        self.per_address: dict[str, int] = {}  # open connections per peer address (R1.5)
+        self.logins_by_address: dict[str, deque[float]] = {}  # times of recent PASS frames (R9.5)
         self.handlers = self._dispatch_table()
         self.stopped = asyncio.Event()
 
@@ -252,16 +290,76 @@ class ChatServer:
     # --- lifecycle ----------------------------------------------------------------------
     @property
     def port(self) -> int:
+        if self._listener is not None:
+            return int(self._listener.getsockname()[1])
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(
-            self._new_connection, self.config.host, self.config.port, reuse_address=True
-        )
+        if self.config.tls is None:
+            self._server = await self.loop.create_server(
+                self._new_connection, self.config.host, self.config.port, reuse_address=True
+            )
+        else:
+            host = self.config.host
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._listener = socket.create_server((host, self.config.port), family=family, backlog=1024)
+            self._listener.setblocking(False)
+            self._acceptor = self.loop.create_task(self._accept_tls_forever())
         self._sweeper = self.loop.create_task(self._sweep_forever())
-        log.info("listening on %s:%d", self.config.host, self.port, extra={"event": "listening"})
+        log.info(
+            "listening on %s:%d%s", self.config.host, self.port, " (TLS)" if self.config.tls else "",
+            extra={"event": "listening"},
+        )
+
+    # --- TLS: peek at each connection, then the handshake ------------------------------------
+    async def _accept_tls_forever(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, addr = await self.loop.sock_accept(self._listener)
+            except OSError as exc:  # out of descriptors, say: keep the listener
+                log.warning("accept failed: %s", exc, extra={"event": "accept_failed"})
+                await asyncio.sleep(0.1)
+                continue
+            task = self.loop.create_task(self._start_tls(sock, addr))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _start_tls(self, sock: socket.socket, addr: object) -> None:
+        peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        timeout = self.config.tls_handshake_timeout_s
+        try:
+            sock.setblocking(False)
+            first = await peek(self.loop, sock, timeout)
+            if not first:
+                sock.close()
+                return
+            if not looks_like_tls(first):
+                log.warning(
+                    "refused %s: not a TLS client (this server speaks only TLS)", peer,
+                    extra={"event": "not_tls", "peer": peer},
+                )
+                refuse_plaintext(sock)
+                return
+            await self.loop.connect_accepted_socket(
+                self._new_connection, sock, ssl=self.config.tls, ssl_handshake_timeout=timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                reason = f"nothing within {timeout:g} s"
+            elif isinstance(exc, ssl.SSLError):
+                reason = exc.reason or str(exc)
+            elif isinstance(exc, ConnectionError) or not str(exc):
+                reason = "the client gave up (does it trust this server's certificate?)"
+            else:
+                reason = str(exc)
+            log.info("TLS handshake with %s failed: %s", peer, reason, extra={"event": "tls_failed", "peer": peer})
+            sock.close()
+        except BaseException:
+            sock.close()
+            raise
 
     def _new_connection(self) -> Connection:
         conn = Connection(self, self._next_conn_id)
@@ -272,6 +370,13 @@ class ChatServer:
         """Stop accepting, BYE to every session (R10.3), flush, close; then the store."""
         if self._server is not None:
             self._server.close()
+        for task in [self._acceptor, *self._handshakes]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._listener is not None:
+            self._listener.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections.values()):
@@ -293,15 +398,32 @@ class ChatServer:
     # --- connections ----------------------------------------------------------------------
     def connection_made(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
+        from_address = self.per_address[conn.address] = self.per_address.get(conn.address, 0) + 1
         if len(self.connections) > self.config.max_connections:
             log.warning("refused %s: server full", conn.peer, extra={"event": "refused", "conn": conn.id})
             conn.end(make_error(ErrorCode.SERVER_FULL, "the server is at capacity"), LeftReason.DROPPED)
+            return
+        limit = self.config.limits.max_per_address
+        if from_address > limit:
+            log.warning(
+                "refused %s: %d connections from %s already", conn.peer, limit, conn.address,
+                extra={"event": "refused", "conn": conn.id, "peer": conn.peer, "rule": "R1.5"},
+            )
+            conn.end(
+                make_error(ErrorCode.SERVER_FULL, f"at most {limit} connections from one address", rule="R1.5"),
+                LeftReason.DROPPED,
+            )
             return
         log.info("connection %d from %s", conn.id, conn.peer, extra={"event": "accepted", "conn": conn.id, "peer": conn.peer})
 
     def connection_lost(self, conn: Connection) -> None:
         self.leave(conn)
-        self.connections.pop(conn.id, None)
+        if self.connections.pop(conn.id, None) is not None:
+            left = self.per_address.get(conn.address, 0) - 1
+            if left > 0:
+                self.per_address[conn.address] = left
+            else:
+                self.per_address.pop(conn.address, None)
         log.info(
             "connection %d closed (%s)", conn.id, conn.left_reason.name.lower(),
             extra={"event": "closed", "conn": conn.id, "peer": conn.peer, "reason": conn.left_reason.name},
@@ -350,6 +472,41 @@ class ChatServer:
         conn.end(make_error(ErrorCode.SLOW_CONSUMER, "your unread output exceeded the limit"), LeftReason.ERROR)
         if conn.transport is not None:
             conn.transport.abort()  # close() would keep the unread buffer until the peer reads
+
+    def rate_limited(self, conn: Connection) -> None:
+        """R9.4: the peer sent more than its token bucket allows."""
+        limits = self.config.limits
+        log.warning(
+            "connection %d from %s: over %d bytes per second", conn.id, conn.peer, limits.max_bytes_per_s,
+            extra={"event": "rate_limited", "conn": conn.id, "peer": conn.peer, "rule": "R9.4"},
+        )
+        conn.end(
+            make_error(
+                ErrorCode.RATE_LIMITED,
+                f"more than {limits.max_bytes_per_s} bytes per second (bursts up to {limits.max_burst_bytes})",
+                rule="R9.4",
+            ),
+            LeftReason.ERROR,
+        )
+
+    def tls_on_plaintext(self, conn: Connection) -> None:
+        """A TLS client on this plaintext port: one log line, and BAD_MAGIC (R2.1) it cannot read."""
+        log.warning(
+            "refused %s: a TLS client, but this server does not speak TLS", conn.peer,
+            extra={"event": "tls_on_plaintext", "conn": conn.id, "peer": conn.peer},
+        )
+        conn.end(make_error(ErrorCode.BAD_MAGIC, "this server does not speak TLS", rule="R2.1"), LeftReason.ERROR)
+
+    def login_allowed(self, address: str) -> bool:
+        """R9.5: record one PASS from ``address``; False when it is over the per-minute bound."""
+        now = self.loop.time()
+        times = self.logins_by_address.setdefault(address, deque())
+        while times and now - times[0] >= 60:
+            times.popleft()
+        if len(times) >= self.config.limits.max_logins_per_minute:
+            return False
+        times.append(now)
+        return True
 
     # --- output ----------------------------------------------------------------------------
     def schedule_flush(self) -> None:
@@ -410,6 +567,22 @@ class ChatServer:
         conn.login_name = user.name  # no answer, whether or not it exists (R6.2)
 
     def on_PASS(self, conn: Connection, password: Message) -> None:
+        if not self.login_allowed(conn.address):
+            limit = self.config.limits.max_logins_per_minute
+            log.warning(
+                "connection %d: more than %d logins from %s in 60 s", conn.id, limit, conn.address,
+                extra={"event": "rate_limited", "conn": conn.id, "peer": conn.peer, "rule": "R9.5"},
+            )
+            conn.end(
+                make_error(
+                    ErrorCode.RATE_LIMITED,
+                    f"more than {limit} login attempts from {conn.address} in 60 s; try again later",
+                    rule="R9.5",
+                    regarding=PASS.TYPE,
+                ),
+                LeftReason.ERROR,
+            )
+            return
         conn.busy = True  # hold later events until the check (and any back-off) is done
         self.loop.create_task(self._authenticate(conn, conn.login_name or "", password.password))
 
@@ -607,6 +780,9 @@ class ChatServer:
         for table in (self.failures_by_account, self.failures_by_address):
             for key in [k for k, (_, last) in table.items() if now - last > limits.backoff_window_s]:
                 del table[key]
+        logins = self.logins_by_address
+        for key in [k for k, times in logins.items() if not times or now - times[-1] >= 60]:
+            del logins[key]
 
 
 def _pages(names: list[str], size: int) -> list[tuple[str, ...]]:

@@ -59,7 +59,8 @@ async def _serve(store: Store, config: ServerConfig, ready: asyncio.Event | None
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, lambda: loop.create_task(server.shutdown()))
-    print(f"dfachat server listening on {config.host}:{server.port}", file=sys.stderr, flush=True)
+    tls = " (TLS)" if config.tls is not None else ""
+    print(f"dfachat server listening on {config.host}:{server.port}{tls}", file=sys.stderr, flush=True)
     if ready is not None:
         ready.set()
     await server.stopped.wait()

@@ -38,6 +38,10 @@ class Limits:
     backoff_window_s: int = 900  # how long failures are remembered (R6.4)
     idle_timeout_s: int = 120  # silence before IDLE_TIMEOUT (R6.8, R9.2)
     max_output_buffer: int = 1 << 20  # bytes queued per session before SLOW_CONSUMER (R9.3)
+    max_per_address: int = 64  # connections open at once from one peer address (R1.5)
+    max_bytes_per_s: int = 256 * 1024  # refill rate of a session's receive token bucket (R9.4)
+    max_burst_bytes: int = 1 << 20  # size of that bucket, at least max_frame (R9.4)
+    max_logins_per_minute: int = 30  # PASS frames from one peer address in any 60 s (R9.5)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -51,6 +51,10 @@ SECTIONS: tuple[Section, ...] = (
                  "never opens connections."),
         ("MAY", "A server at capacity MAY answer a new connection with a fatal ERROR SERVER_FULL as "
                 "its first frame and close it."),
+        ("MAY", "A server MAY bound the connections open at once from one peer address "
+                "({max_per_address} by default); it answers a connection beyond that bound with a fatal "
+                "ERROR SERVER_FULL citing R1.5 as its first frame and closes it. The connections "
+                "already open from that address are not affected."),
     ),
     _section(
         2,
@@ -238,7 +242,15 @@ SECTIONS: tuple[Section, ...] = (
                  "queue overflows, the server sends a fatal ERROR SLOW_CONSUMER (which a peer that "
                  "does not read may never see) and drops the connection and its queue."),
         ("MAY", "A server MAY bound the bytes a session sends per second; a session over the bound "
-                "gets a fatal ERROR RATE_LIMITED."),
+                "gets a fatal ERROR RATE_LIMITED and is closed. The bound is a token bucket per "
+                "connection over the bytes received: it starts full with {max_burst_bytes} bytes, "
+                "refills at {max_bytes_per_s} bytes per second up to that size, and every byte "
+                "received takes one token; bytes that find the bucket empty break the bound. The "
+                "bucket holds at least one largest frame ({max_frame} bytes)."),
+        ("MAY", "A server MAY bound the login attempts (PASS frames) from one peer address to "
+                "{max_logins_per_minute} in any 60 s, counted over all its connections, on top of "
+                "the back-off of R6.4. A PASS beyond the bound is not checked: the server answers "
+                "it with a fatal ERROR RATE_LIMITED citing R9.5 (not AUTH_FAILED) and closes."),
     ),
     _section(
         10,
