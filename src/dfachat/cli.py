@@ -434,11 +434,76 @@ def cmd_cert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- dfachat check -------------------------------------------------------------------
+
+
+def _add_check(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="model-check the protocol: one server and N clients running the real engines",
+        description="Explore every interleaving of one server and N clients that run the real "
+        "protocol engines, joined by bounded FIFO channels, and judge the properties of "
+        "docs/CHECKING.md. Exit status 0 when every property holds, 1 on a violation (the "
+        "shortest trace is printed as a message sequence chart), 2 on usage errors.",
+    )
+    model = parser.add_argument_group("the model (unset bounds take the defaults of docs/CHECKING.md)")
+    model.add_argument("--clients", type=int, default=3, metavar="N", help="clients (default 3)")
+    for option, metavar, text in (
+        ("--capacity", "C", "frames per channel direction: a client waits, the server drops a slow consumer"),
+        ("--max-msgs", "M", "MSGs each client sends"),
+        ("--total-msgs", "T", "MSGs all clients send together (0: no cap but --max-msgs each)"),
+        ("--lists", "L", "LISTs each client sends"),
+        ("--pings", "P", "PINGs each client sends"),
+        ("--wrong-logins", "W", "wrong passwords each client tries"),
+        ("--aborts", "A", "times each client drops its connection or gives up with a fatal ERROR"),
+        ("--sessions", "S", "connections each client opens, one after the other"),
+        ("--timeouts", "T", "IDLE_TIMEOUTs the server may fire at each client"),
+        ("--server-pings", "P", "keep-alive PINGs the server may send each client"),
+        ("--restarts", "R", "server restarts (the durable store survives)"),
+        ("--malformed", "B", "MSG/LIST frames each client sends broken, which the server must reject"),
+        ("--login-attempts", "N", "the server's failed-login limit"),
+        ("--page-size", "K", "names per AUTH_OK/USERS frame (0: clients - 1)"),
+    ):
+        model.add_argument(option, type=int, metavar=metavar, help=text)
+    model.add_argument(
+        "--pool", action="store_true",
+        help="interchangeable clients: one encoding, each may log in to any account",
+    )
+    model.add_argument("--wire", action="store_true", help="channels carry encoded frames (the real codec)")
+    search = parser.add_argument_group("the search")
+    search.add_argument("--strategy", choices=("bfs", "dfs", "random"), default="bfs", help="default bfs")
+    search.add_argument("--depth", type=int, metavar="D", help="explore at most D steps deep")
+    search.add_argument("--max-states", type=int, metavar="S", help="stop after S distinct states")
+    search.add_argument(
+        "--symmetry", action="store_true", help="reduce by permutations of interchangeable clients"
+    )
+    search.add_argument(
+        "--no-reduction", action="store_true", help="no partial-order reduction (every interleaving)"
+    )
+    search.add_argument("--workers", type=int, default=1, metavar="K", help="processes (bfs only)")
+    search.add_argument("--seed", type=int, default=0, help="random seed for --strategy random")
+    out = parser.add_argument_group("the report")
+    out.add_argument("--property", nargs="+", action="extend", metavar="NAME", help="check only these")
+    out.add_argument("--list-properties", action="store_true", help="list the properties and exit")
+    out.add_argument("--json", action="store_true", help="print the summary as JSON")
+    out.add_argument("--msc", metavar="FILE", help="write a counterexample as a Mermaid sequenceDiagram")
+    out.add_argument("--trace", metavar="FILE", help="write a counterexample as a JSON trace")
+    out.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    parser.set_defaults(handler=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``dfachat check [--clients N] [--capacity C] ... [--json] [--msc FILE] [--trace FILE]``."""
+    from dfachat.conformance.command import run
+
+    return run(args)
+
+
 # --- the parser and the entry point ---------------------------------------------
 
 # One function per command; to come: check, fuzz, diagram.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_spec, _add_server, _add_users, _add_client, _add_gui, _add_cert
+    _add_spec, _add_server, _add_users, _add_client, _add_gui, _add_cert, _add_check
 )
 
 
