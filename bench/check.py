@@ -11,13 +11,14 @@ Runs, one after the other, in this process:
       passwords) for N = 2, 3, 4, without and with symmetry reduction -- the
       default clients differ in account and encoding, so symmetry cannot
       reduce them; N = 4 stops at ``--n4-states``;
-  (c) the default N = 3 run with 2 worker processes (``--workers 2``).
+  (c) the default N = 3 run and (b) at N = 3 with symmetry again, with 2 worker
+      processes (``--workers 2``).
 
 Every run judges every property, as ``dfachat check`` does. Prints a table,
 then, last, one JSON line with ``states_per_s`` and ``n3_seconds`` (the
 default N = 3 run, target under 60 s), ``symmetry_reduction_n3`` (distinct
 states of (b) at N = 3 without symmetry over with it, target at least 4),
-``workers2_speedup_n3`` and the rest of the numbers.
+``workers2_speedup_n3``, ``workers2_speedup_pool3_sym`` and the rest.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ POOL_BOUNDS = {"capacity": 8, "max_msgs": 1, "total_msgs": 1, "aborts": 0, "wron
 
 
 def run(
-    label: str, config: ModelConfig, *, symmetry: bool = False, workers: int = 1, max_states: int | None = None
+    label: str,
+    config: ModelConfig,
+    *,
+    symmetry: bool = False,
+    workers: int = 1,
+    max_states: int | None = None,
 ) -> dict[str, Any]:
     result: CheckResult = check(config, symmetry=symmetry, workers=workers, max_states=max_states)
     row = {
@@ -65,12 +71,16 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n4-states", type=int, default=1_000_000, help="state limit for the N = 4 runs")
+    parser.add_argument(
+        "--n4-states", type=int, default=1_000_000, help="state limit for the N = 4 runs"
+    )
     parser.add_argument(
         "--skip-unreduced-n3", action="store_true", help="skip (b) N = 3 without symmetry (minutes)"
     )
     args = parser.parse_args(argv)
-    print("| run      | N | sym | K |     states | transitions |      s   | states/s | explored     | verdict |")
+    print(
+        "| run      | N | sym | K |     states | transitions |      s   | states/s | explored     | verdict |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|---|---|")
     rows: dict[str, dict[str, Any]] = {}
     for n in (2, 3, 4):
@@ -83,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         if n == 3 and args.skip_unreduced_n3:
             continue
         rows[f"pool{n}"] = run("pool", config, max_states=limit)
-    rows["default3_workers2"] = run("default", ModelConfig.for_clients(3, **default_bounds(3)), workers=2)
+    rows["default3_workers2"] = run(
+        "default", ModelConfig.for_clients(3, **default_bounds(3)), workers=2
+    )
+    pool3_config = ModelConfig.for_clients(3, symmetric=True, **POOL_BOUNDS)
+    rows["pool3_sym_workers2"] = run("pool", pool3_config, symmetry=True, workers=2)
 
     n3 = rows["default3"]
     pool3, pool3_sym = rows.get("pool3"), rows["pool3_sym"]
@@ -105,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         "pool3_sym_seconds": pool3_sym["seconds"],
         "workers2_n3_seconds": rows["default3_workers2"]["seconds"],
         "workers2_speedup_n3": round(n3["seconds"] / rows["default3_workers2"]["seconds"], 2),
+        "workers2_speedup_pool3_sym": round(
+            pool3_sym["seconds"] / rows["pool3_sym_workers2"]["seconds"], 2
+        ),
         "all_ok": all(row["ok"] for row in rows.values()),
     }
     print(json.dumps(summary))

@@ -130,3 +130,12 @@ def test_finding_a_slow_consumer_cut_hides_the_end_of_a_session() -> None:
     steps = result.violations[0].steps
     assert any(isinstance(e, EvAborted) for step in steps for e in step.events)
     assert any(step.action == "send" and step.message.NAME == "QUIT" for step in steps)
+
+
+def test_workers_find_the_same_violation(patch_row: Any) -> None:
+    patch_row("client", "recv", "AWAIT_ACK", "JOINED", False)
+    config = ModelConfig.for_clients(2, **BASE)
+    single, parallel = check(config), check(config, workers=2)
+    assert [v.property.name for v in parallel.violations] == ["client_accepts_every_frame"]
+    assert len(parallel.violations[0].steps) == len(single.violations[0].steps)
+    assert not parallel.ok

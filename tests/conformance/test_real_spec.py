@@ -56,7 +56,9 @@ def test_two_clients_every_property_holds_and_the_tables_are_covered() -> None:
     # one account each: no second login to replace; no unknown names in the default domain
     assert set(result.skipped) == {"session_replaced", "msg_to_an_unknown_user"}
     assert set(result.witnessed) == {
-        p.name for p in PROPERTIES.values() if p.kind == "sometimes" and p.name not in result.skipped
+        p.name
+        for p in PROPERTIES.values()
+        if p.kind == "sometimes" and p.name not in result.skipped
     }
     assert result.states > 50_000  # not vacuous: drops, wrong passwords, lossy and stored messages
     # With one client doing everything the bounds allow, and two exchanging LISTs, every row
@@ -129,9 +131,15 @@ def test_partial_order_reduction_keeps_every_verdict_and_row(small: CheckResult)
 
 
 def test_wire_mode_runs_the_codec_and_agrees(small: CheckResult) -> None:
-    wire = check(ModelConfig.for_clients(2, capacity=8, aborts=1, wrong_logins=0, total_msgs=1, wire=True))
+    wire = check(
+        ModelConfig.for_clients(2, capacity=8, aborts=1, wrong_logins=0, total_msgs=1, wire=True)
+    )
     _assert_all_hold(wire)
-    assert (wire.states, wire.transitions, wire.coverage) == (small.states, small.transitions, small.coverage)
+    assert (wire.states, wire.transitions, wire.coverage) == (
+        small.states,
+        small.transitions,
+        small.coverage,
+    )
 
 
 def test_depth_first_explores_the_same_states(small: CheckResult) -> None:
@@ -149,7 +157,11 @@ def test_random_walks(small: CheckResult) -> None:
 def test_workers_explore_the_same_states(small: CheckResult) -> None:
     parallel = check(SMALL, workers=2)
     _assert_all_hold(parallel)
-    assert (parallel.states, parallel.transitions, parallel.depth) == (small.states, small.transitions, small.depth)
+    assert (parallel.states, parallel.transitions, parallel.depth) == (
+        small.states,
+        small.transitions,
+        small.depth,
+    )
     assert parallel.coverage == small.coverage and set(parallel.witnessed) == set(small.witnessed)
 
 
@@ -165,7 +177,9 @@ def test_unknown_users_are_refused_alike_and_reported() -> None:
     """With a name no account has in the domain: USER may try it (R6.2: the same AUTH_FAILED
     as a wrong password) and MSG may name it (R7.4: UNKNOWN_USER)."""
     domain = Domain(unknown_users=("Nobody",))
-    config = ModelConfig.for_clients(2, capacity=8, aborts=0, wrong_logins=0, total_msgs=1, domain=domain)
+    config = ModelConfig.for_clients(
+        2, capacity=8, aborts=0, wrong_logins=0, total_msgs=1, domain=domain
+    )
     result = check(config)
     _assert_all_hold(result)
     assert "msg_to_an_unknown_user" in result.witnessed

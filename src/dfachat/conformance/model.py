@@ -18,19 +18,23 @@ fields. Per client ``i`` the state holds a *bundle* of four components::
   encoded frames (``wire`` mode), :data:`EOF` marking a closed end.
 
 followed by the :class:`Server` (who is online, the durable store, the message
-id counter, the environment's budgets) and the :class:`Ghost` (history the
+id counter, restarts done) and the :class:`Ghost` (history the
 properties need: every MSG with its MSG_ACK, and which account was sent which
 DELIVER). History splits states that are otherwise equal, so it is kept to what
 a property cannot judge from one step: see :class:`Ghost`.
 
-Nothing about the protocol is restated here. What a client may send in a state
-is ``ClientSession._table.send[state]`` (the engine's table, generated from the
+No protocol rule is restated here. What a client may send in a state is
+``ClientSession._table.send[state]`` (the engine's table, generated from the
 spec) filtered by the engine itself (``send`` raises when a guard or the codec
-refuses); the values come from :class:`Domain`, the one place they are given.
-The server's handlers mirror :class:`dfachat.server.app.ChatServer` handler by
-handler and use the same routing functions (:func:`~dfachat.server.routing.route`,
+refuses); what either side may receive, the engines decide; the values come
+from :class:`Domain`, the one place they are given. What *is* restated is the
+server's behaviour around its engine: the handlers mirror
+:class:`dfachat.server.app.ChatServer` handler by handler, and use the same
+routing functions (:func:`~dfachat.server.routing.route`,
 :func:`~dfachat.server.routing.reencode`) and the same push rule (the states
 where DELIVER, JOINED and LEFT are unguarded internal sends, read from the table).
+The environment's budgets (drops, timeouts, keep-alives) are per client, so that
+one client's steps never disable another's (see :meth:`Model.successors`).
 
 Steps (each one atomic; every interleaving of them is explored):
 
@@ -173,7 +177,9 @@ class Domain:
         ("Lou", "pw6"),
     )
     wrong_password: str = "guess"
-    unknown_users: tuple[str, ...] = ()  # names no account has: MSG may name them, USER may try them
+    unknown_users: tuple[
+        str, ...
+    ] = ()  # names no account has: MSG may name them, USER may try them
     texts: tuple[str, ...] = ("hi", "5 \u20ac")
     encodings: tuple[str, ...] = ("utf-8", "latin-1")  # client i gets encodings[i % len]
     software: str = "dfachat-check"

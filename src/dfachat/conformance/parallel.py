@@ -1,18 +1,21 @@
 """Breadth-first exploration with several processes (``--workers K``).
 
-Level-synchronous and partitioned by owner: worker ``w`` owns the states whose
-fingerprint (the hash of the state's component *values*, which forked
-processes compute alike) is ``w`` modulo ``K``. Each level, every worker
-expands the new states it owns, keeps the successors it owns (deduplicated in
-its own visited set) and sends the others, as component values, to their
-owners' queues. Component ids are per process, so states cross as values and
-are interned again by their owner; with symmetry the canonical order of
-interchangeable clients is by value hash for the same reason.
+Level-synchronous and partitioned by owner: a state belongs to the worker
+given by the value hash of its first client's component (which forked
+processes compute alike, and which most steps leave unchanged, so most
+successors stay where they were found). Each level, every worker expands the
+new states it owns, keeps the successors it owns (deduplicated in its own
+visited set, on tuples of its own component ids) and sends the others, as
+component values, to their owners' queues, where they are interned again.
+With symmetry the canonical order of interchangeable clients is by value hash,
+for the same reason; it may pick other representatives than the one-process
+search (by component id), so the partial-order reduction, which reads the
+order, may keep a few more or fewer states -- the verdicts are the same.
 
-States cross process boundaries pickled, which costs about as much as
-expanding them; on a 2-core machine this does not pay (see docs/CHECKING.md
-for the measurement). A violation stops every worker; its shortest trace is
-then rebuilt by a sequential breadth-first search bounded at its depth.
+States that cross are pickled, which costs about as much as expanding them;
+see docs/CHECKING.md for what it gains on this 2-core machine. A violation
+stops every worker; its shortest trace is then rebuilt by a sequential
+breadth-first search bounded at its depth.
 """
 
 from __future__ import annotations
@@ -28,22 +31,41 @@ from dfachat.conformance.model import Model, ModelConfig
 __all__ = ["check_parallel"]
 
 
-def _values(model: Model, state: tuple[int, ...]) -> tuple[Any, ...]:
-    vals = model._vals
-    return tuple(vals[i] for i in state)
+class _Keys:
+    """Per process: each component's value hash, cached by component id. Forked processes hash
+    values alike, so owners and canonical orders derived from these agree across workers,
+    while a worker dedups its own states on tuples of its own component ids (cheap)."""
 
+    def __init__(self, model: Model, k: int, symmetry: bool) -> None:
+        self.model = model
+        self.k = k
+        self.groups = [g for g in model.groups if len(g) > 1] if symmetry else []
+        self._hash: dict[int, int] = {}
 
-def _canonical_values(model: Model, values: tuple[Any, ...], symmetry: bool) -> tuple[Any, ...]:
-    if not symmetry:
-        return values
-    out = list(values)
-    for group in model.groups:
-        if len(group) < 2:
-            continue
-        bundles = sorted((values[4 * i : 4 * i + 4] for i in group), key=hash)
-        for i, bundle in zip(group, bundles, strict=True):
-            out[4 * i : 4 * i + 4] = bundle
-    return tuple(out)
+    def value_hash(self, ident: int) -> int:
+        h = self._hash.get(ident)
+        if h is None:
+            h = self._hash[ident] = hash(self.model._vals[ident])
+        return h
+
+    def canonical(self, state: tuple[int, ...]) -> tuple[int, ...]:
+        """Interchangeable clients' bundles in the order of their value hashes."""
+        if not self.groups:
+            return state
+        out = list(state)
+        vh = self.value_hash
+        for group in self.groups:
+            bundles = sorted(
+                (state[4 * i : 4 * i + 4] for i in group), key=lambda b: tuple(map(vh, b))
+            )
+            for i, bundle in zip(group, bundles, strict=True):
+                out[4 * i : 4 * i + 4] = bundle
+        return tuple(out)
+
+    def owner(self, state: tuple[int, ...]) -> int:
+        """By the first client's component, which most steps leave alone: most successors
+        stay with the worker that found them."""
+        return self.value_hash(state[0]) % self.k
 
 
 def _worker(
@@ -59,12 +81,15 @@ def _worker(
 ) -> None:
     checker = Checker(config, properties=names, symmetry=False, reduce=reduce, model_cls=model_cls)
     model = checker.model
+    keys = _Keys(model, k, symmetry)
+    vals = model._vals
+    intern = model.intern
     visited: set[int] = set()
     frontier: list[tuple[int, ...]] = []
-    initial = _canonical_values(model, _values(model, model.initial()), symmetry)
-    if hash(initial) % k == me:
+    initial = keys.canonical(model.initial())
+    if keys.owner(initial) == me:
         visited.add(hash(initial))
-        frontier.append(tuple(model.intern(v) for v in initial))
+        frontier.append(initial)
     depth = 0
     while True:
         command = control.recv()
@@ -72,7 +97,7 @@ def _worker(
             control.send(("done", set(model.coverage.taken), dict(checker.witnessed)))
             return
         max_depth = command[1]
-        outboxes: list[list[tuple[int, tuple[Any, ...]]]] = [[] for _ in range(k)]
+        outboxes: list[list[tuple[Any, ...]]] = [[] for _ in range(k)]
         following: list[tuple[int, ...]] = []
         failed: list[tuple[str, int]] = []
         transitions = truncated = 0
@@ -91,24 +116,26 @@ def _worker(
                     bad = checker.judge_step(state, step, nxt, depth + 1)
                     if bad:
                         failed += [(p.name, depth + 1) for p in bad]
-                values = _canonical_values(model, _values(model, nxt), symmetry)
-                fp = hash(values)
-                owner = fp % k
+                nxt = keys.canonical(nxt)
+                owner = keys.owner(nxt)
                 if owner == me:
+                    fp = hash(nxt)
                     if fp not in visited:
                         visited.add(fp)
-                        following.append(tuple(model.intern(v) for v in values))
+                        following.append(nxt)
                 else:
-                    outboxes[owner].append((fp, values))
+                    outboxes[owner].append(tuple(vals[i] for i in nxt))
         for owner in range(k):
             if owner != me:
                 inboxes[owner].put((me, outboxes[owner]))
         for _ in range(k - 1):
             _, batch = inboxes[me].get()
-            for fp, values in batch:
+            for values in batch:
+                state = tuple(intern(v) for v in values)
+                fp = hash(state)
                 if fp not in visited:
                     visited.add(fp)
-                    following.append(tuple(model.intern(v) for v in values))
+                    following.append(state)
         frontier = following
         depth += 1
         control.send(("level", len(visited), len(frontier), transitions, truncated, failed))
@@ -200,6 +227,15 @@ def check_parallel(
             config, properties=names_failed, symmetry=symmetry, reduce=reduce, model_cls=model_cls
         )
         replay = again.run(strategy="bfs", max_depth=bound)
+        if not replay.violations:  # the one-process reduction may reach it a little deeper
+            again = Checker(
+                config,
+                properties=names_failed,
+                symmetry=symmetry,
+                reduce=reduce,
+                model_cls=model_cls,
+            )
+            replay = again.run(strategy="bfs")
         by_name = {p.name: p for p in result.properties}
         for v in replay.violations:
             v.property = by_name[v.property.name]

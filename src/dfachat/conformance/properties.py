@@ -173,6 +173,17 @@ def authenticated_sessions_are_logged_in(s: View) -> bool:
     return all(k.key is not None for k in s.conns if k is not None and s.server_authenticated(k))
 
 
+@always("R6.5", "R8.3", on=EvWritten)
+def who_is_online_is_true(e: EvWritten, s: View) -> bool:
+    """Every name AUTH_OK or USERS lists was online at the server (the session's own user
+    included), and each is listed once."""
+    if e.message.NAME not in ("AUTH_OK", "USERS"):
+        return True
+    names = e.message.online
+    online = {*s.before.online, e.key}  # before the step, and the user this step logs in
+    return len(set(names)) == len(names) and {name_key(n) for n in names} <= online
+
+
 @always("R7.3", on=EvClientReceived)
 def every_msg_ack_answers_its_msg(e: EvClientReceived, s: View) -> bool:
     """A MSG_ACK reaches a client only while it waits for one, and carries its MSG's msg_id."""
@@ -393,7 +404,10 @@ def session_replaced(e: EvClientReceived, s: View) -> bool:
 
 
 @sometimes(
-    "R7.4", "R6.2", on=EvRouted, requires=lambda config: bool(config.domain.unknown_users) and config.max_msgs >= 1
+    "R7.4",
+    "R6.2",
+    on=EvRouted,
+    requires=lambda config: bool(config.domain.unknown_users) and config.max_msgs >= 1,
 )
 def msg_to_an_unknown_user(e: EvRouted, s: View) -> bool:
     """A MSG names someone without an account and MSG_ACK says UNKNOWN_USER."""

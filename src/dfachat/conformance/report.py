@@ -332,11 +332,15 @@ def msc_mermaid(violation: Violation, config: ModelConfig) -> str:
 
 def _config_line(config: ModelConfig) -> str:
     clients = ", ".join(client_label(config, i) for i in range(len(config.clients)))
+    msgs = f"{config.max_msgs} MSG" + (
+        f" ({config.total_msgs} in the run)" if config.total_msgs else ""
+    )
     bounds = (
-        f"capacity {config.capacity}, {config.max_msgs} MSG, {config.max_lists} LIST, {config.max_pings} PING, "
-        f"{config.wrong_logins} wrong login, {config.aborts} abort, {config.malformed} malformed per client; "
-        f"{config.sessions} session each; {config.timeouts} timeout, {config.server_pings} server PING per client; "
-        f"{config.restarts} restart; login attempts {config.login_attempts}, page size {config.pages}"
+        f"capacity {config.capacity}, {msgs}, {config.max_lists} LIST, {config.max_pings} PING, "
+        f"{config.wrong_logins} wrong login, {config.aborts} abort, {config.malformed} malformed "
+        f"per client; {config.sessions} session each; {config.timeouts} timeout, "
+        f"{config.server_pings} server PING per client; {config.restarts} restart; "
+        f"login attempts {config.login_attempts}, page size {config.pages}"
         + ("; wire" if config.wire else "")
     )
     return f"{len(config.clients)} clients ({clients}); {bounds}"
