@@ -499,11 +499,276 @@ def cmd_check(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# --- dfachat diagram -----------------------------------------------------------------
+
+_DIAGRAM_SUFFIXES = {
+    ".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot",
+    ".mmd": "mermaid", ".txt": "text",
+}
+_BINARY_FORMATS = ("png", "pdf")
+
+
+def _add_diagram(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "diagram",
+        help="draw the state machines, a scenario's message sequence chart, or the packet layouts",
+        description="Draw diagrams generated from the spec. By default each role's state machine "
+        "(transitions' GraphMachine through Graphviz for svg, png and pdf, which need Graphviz's "
+        "`dot`; dot and mermaid need nothing native). --sequence runs a named scenario through "
+        "the real engines and draws what they exchanged (mermaid, svg or text); --packets draws "
+        "every payload's byte layout (text or svg).",
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--sequence", metavar="SCENARIO", help="draw this scenario's message sequence chart"
+    )
+    what.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    what.add_argument("--packets", action="store_true", help="draw the payload layouts")
+    parser.add_argument(
+        "--role", choices=("server", "client", "both"), default="both",
+        help="whose state machine (default both)",
+    )
+    parser.add_argument(
+        "--format", choices=("svg", "png", "pdf", "dot", "mermaid", "text"),
+        help="default: from -o's suffix, else mermaid (text with --packets)",
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="FILE",
+        help="write to FILE instead of stdout; with --role both, FILE gets -server and "
+        "-client before its suffix",
+    )
+    parser.set_defaults(handler=cmd_diagram)
+
+
+def cmd_diagram(args: argparse.Namespace) -> int:
+    """``dfachat diagram [--role R] [--format F] [-o FILE] | --sequence NAME | --list | --packets``."""
+    from pathlib import Path
+
+    from dfachat.spec.diagrams import GraphvizMissing
+
+    if args.list:
+        from dfachat.conformance.scenarios import SCENARIOS
+
+        width = max(len(name) for name in SCENARIOS)
+        _write("".join(f"{name:<{width}}  {s.title}: {s.doc}\n" for name, s in SCENARIOS.items()))
+        return EXIT_OK
+    output = Path(args.output) if args.output else None
+    fmt = args.format
+    if fmt is None and output is not None:
+        fmt = _DIAGRAM_SUFFIXES.get(output.suffix.lower())
+    if fmt is None:
+        fmt = "text" if args.packets else "mermaid"
+    try:
+        drawings = _drawings(args, fmt)
+    except GraphvizMissing as exc:
+        print(f"dfachat: error: {exc.detail}", file=sys.stderr)
+        return EXIT_ERROR
+    if drawings is None:
+        return EXIT_ERROR
+    if output is None:
+        if fmt in _BINARY_FORMATS and (len(drawings) > 1 or sys.stdout.isatty()):
+            print(f"dfachat: error: {fmt} is binary: give -o FILE (and --role for one role)", file=sys.stderr)
+            return EXIT_ERROR
+        data = b"\n".join(content for _, content in drawings)
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:
+            _write(data.decode("utf-8"))
+        else:
+            sys.stdout.flush()
+            buffer.write(data)
+            buffer.flush()
+        return EXIT_OK
+    for part, content in drawings:
+        target = output if part is None else output.with_name(f"{output.stem}-{part}{output.suffix}")
+        try:
+            target.write_bytes(content)
+        except OSError as exc:
+            print(f"dfachat: error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_ERROR
+        _write(f"wrote {target}\n")
+    return EXIT_OK
+
+
+def _drawings(args: argparse.Namespace, fmt: str) -> list[tuple[str | None, bytes]] | None:
+    """(file name part, content) per drawing asked for; None after printing a usage error."""
+    if args.packets:
+        from dfachat.spec.diagrams import packet_diagrams_text, packets_svg
+
+        if fmt not in ("text", "svg"):
+            print(f"dfachat: error: --packets draws text or svg, not {fmt}", file=sys.stderr)
+            return None
+        return [(None, (packet_diagrams_text() if fmt == "text" else packets_svg()).encode("utf-8"))]
+    if args.sequence is not None:
+        from dfachat.conformance.scenarios import (
+            SCENARIOS,
+            run_scenario,
+            sequence_mermaid,
+            sequence_svg,
+            sequence_text,
+        )
+
+        if fmt not in ("mermaid", "svg", "text"):
+            print(f"dfachat: error: --sequence draws mermaid, svg or text, not {fmt}", file=sys.stderr)
+            return None
+        if args.sequence not in SCENARIOS:
+            print(
+                f"dfachat: error: no scenario named {args.sequence!r}; there are: "
+                f"{', '.join(SCENARIOS)} (--list describes them)", file=sys.stderr,
+            )
+            return None
+        run = run_scenario(args.sequence)
+        render = {"mermaid": sequence_mermaid, "svg": sequence_svg, "text": sequence_text}[fmt]
+        return [(None, render(run).encode("utf-8"))]
+    from dfachat.spec.diagrams import render_state_diagram
+
+    if fmt == "text":
+        print("dfachat: error: state machines are drawn as svg, png, pdf, dot or mermaid", file=sys.stderr)
+        return None
+    roles = ("server", "client") if args.role == "both" else (args.role,)
+    return [
+        (role if len(roles) > 1 else None, render_state_diagram(role, fmt)) for role in roles
+    ]
+
+
+# --- dfachat docs ---------------------------------------------------------------------
+
+
+def _add_docs(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "docs",
+        help="regenerate docs/PROTOCOL.md and docs/diagrams/ (--check: list stale files)",
+        description="Regenerate every generated file of the docs directory: the protocol "
+        "document and the diagrams under diagrams/ (rendering the state-machine SVGs needs "
+        "Graphviz's `dot`). With --check, write nothing and exit 1 listing the stale files; "
+        "Graphviz SVGs vary between Graphviz versions, so they are judged by the hash of the "
+        "DOT source they were rendered from (see diagrams/README.md), and the check needs no "
+        "Graphviz.",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 and list the stale files"
+    )
+    parser.add_argument(
+        "--dir", default="docs", metavar="DIR",
+        help="the docs directory (default: docs, run from the repository's root)",
+    )
+    parser.set_defaults(handler=cmd_docs)
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    """``dfachat docs [--check] [--dir DIR]``."""
+    from pathlib import Path
+
+    from dfachat.spec.diagrams import GraphvizMissing, stale_docs, write_docs
+
+    docs = Path(args.dir)
+    if not docs.is_dir():
+        print(
+            f"dfachat: error: no docs directory at {docs}: run from the repository's root or "
+            "give --dir", file=sys.stderr,
+        )
+        return EXIT_ERROR
+    if args.check:
+        stale = stale_docs(docs)
+        if stale:
+            print(
+                f"dfachat: {len(stale)} generated file(s) in {docs} are stale; run `dfachat docs`:",
+                file=sys.stderr,
+            )
+            for path in stale:
+                print(f"  {docs / path}", file=sys.stderr)
+            return 1
+        _write(f"the generated files in {docs} are current\n")
+        return EXIT_OK
+    try:
+        written = write_docs(docs)
+    except GraphvizMissing as exc:
+        print(
+            f"dfachat: error: every other file is current, but the state-machine SVGs need "
+            f"Graphviz: {exc.detail}", file=sys.stderr,
+        )
+        return EXIT_ERROR
+    _write("".join(f"wrote {docs / path}\n" for path in written) or f"{docs} is current\n")
+    return EXIT_OK
+
+
+# --- dfachat fuzz ----------------------------------------------------------------------
+
+
+def _add_fuzz_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--account", action="append", metavar="NAME:PASSWORD",
+        help="an account of the target (repeat: two at least for server mode; three unlock more scenarios)",
+    )
+    parser.add_argument(
+        "--target-cmd", metavar="COMMAND",
+        help="start the implementation under test with this command line first, wait until it accepts "
+        "connections, and stop it after (SIGTERM, then SIGKILL)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=1.0, metavar="S",
+        help="how long to wait for a reply the spec requires before failing its check (default 1)",
+    )
+    _add_tls_options(parser)
+
+
+def _add_fuzz(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "fuzz",
+        help="conformance fuzzer: test a live server (or client) against the spec",
+        description="Hypothesis stateful fuzzing of an implementation over real sockets; every check cites a "
+        "numbered rule of docs/PROTOCOL.md. Exit status 0 when nothing failed, 1 when a check failed, "
+        "2 on usage errors.",
+    )
+    modes = parser.add_subparsers(dest="fuzz_mode", metavar="mode", required=True)
+    server = modes.add_parser(
+        "server", help="fuzz a server listening at HOST:PORT",
+        description="Drive sessions against a live server, judge every frame it sends with the protocol "
+        "engine and a reference model, shrink each failure and save it as a case file.",
+    )
+    server.add_argument("address", metavar="HOST:PORT", help="where the server listens")
+    _add_fuzz_target_options(server)
+    run = server.add_argument_group("the run")
+    run.add_argument("--seed", type=int, help="random seed (a run with the same seed makes the same choices)")
+    run.add_argument("--max-examples", type=int, default=200, metavar="N", help="examples at most (default 200)")
+    run.add_argument("--time-budget", type=float, default=60.0, metavar="S",
+                     help="stop after S seconds, shrinking included (default 60)")
+    run.add_argument("--strict", action="store_true", help="SHOULD deviations fail the run too")
+    out = server.add_argument_group("the report")
+    out.add_argument("--json", metavar="FILE", help="write the verdicts as JSON")
+    out.add_argument("--junit", metavar="FILE", help="write the verdicts as JUnit XML (one testcase per check)")
+    out.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with sequence charts")
+    out.add_argument("--cases", default="dfachat-fuzz-cases", metavar="DIR",
+                     help="save each shrunk failure here as a case file (default ./dfachat-fuzz-cases)")
+    out.add_argument("--no-cases", action="store_true", help="save no case files")
+    out.add_argument("--verbose", action="store_true", help="list every check, the unexercised ones too")
+    out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    server.set_defaults(handler=cmd_fuzz)
+    replay = modes.add_parser(
+        "replay", help="run a saved case (or a model-checker trace) against a target",
+        description="Run a case file saved by 'dfachat fuzz' or a counterexample trace of 'dfachat check "
+        "--trace' (dfachat-trace/1) against HOST:PORT, judged as in a run, and print it as a message "
+        "sequence chart.",
+    )
+    replay.add_argument("case", metavar="CASE", help="the case file or trace (JSON)")
+    replay.add_argument("address", metavar="HOST:PORT", help="where the server listens")
+    _add_fuzz_target_options(replay)
+    replay.set_defaults(handler=cmd_fuzz)
+    # client mode: see dfachat.conformance.fuzz.client_mode
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    """``dfachat fuzz server HOST:PORT --account NAME:PASSWORD ...`` and ``dfachat fuzz replay CASE HOST:PORT``."""
+    from dfachat.conformance.fuzz.command import run_replay, run_server
+
+    return run_replay(args) if args.fuzz_mode == "replay" else run_server(args)
+
+
 # --- the parser and the entry point ---------------------------------------------
 
 # One function per command; to come: check, fuzz, diagram.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_spec, _add_server, _add_users, _add_client, _add_gui, _add_cert, _add_check
+    _add_spec, _add_server, _add_users, _add_client, _add_gui, _add_cert, _add_check,
+    _add_diagram, _add_docs, _add_fuzz,
 )
 
 
