@@ -88,6 +88,16 @@ PROBE = textwrap.dedent(
     doc = render_protocol_markdown()
     out["doc"] = ["### TYPING (0x07)" in doc, "R7.10" in doc, doc.count("TYPING")]
 
+    # the diagrams: both roles' state diagrams and the packet layouts
+    from dfachat.spec import MESSAGES_BY_NAME
+    from dfachat.spec.diagrams import mermaid_state_diagram, packet_diagram_text, state_dot
+    out["diagrams"] = [
+        "?TYPING" in state_dot("server") and "!TYPING" in state_dot("server"),
+        "?TYPING" in state_dot("client") and "!TYPING" in state_dot("client"),
+        "TYPING" in mermaid_state_diagram("server", detailed=True),
+        "name" in packet_diagram_text(MESSAGES_BY_NAME["TYPING"]),
+    ]
+
     # the checker: explores TYPING and covers its rows
     from dfachat.conformance import ModelConfig, check
     result = check(ModelConfig.for_clients(2, wrong_logins=0, aborts=0, max_msgs=0), max_states=200_000)
@@ -167,6 +177,7 @@ def test_adding_typing_reaches_every_part(typing_tree: Path) -> None:
     )
     assert out["early"] == ["ProtocolViolation", "UNEXPECTED_MESSAGE"]
     assert out["doc"][:2] == [True, True]
+    assert out["diagrams"] == [True, True, True, True]
     # The checker explores TYPING, covers its rows, and finds what the document says it finds:
     # TYPING without bound lets a user who stops reading be cut as a slow consumer, which is
     # the known finding of docs/CHECKING.md (a QUIT in flight then goes unanswered).
