@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from dfachat.codec.frames import FrameDecoder, encode
 from dfachat.codec.messages import ERROR, Message  # type: ignore[attr-defined]
-from dfachat.errors import FrameError, LocalProtocolError, UnexpectedMessage
+from dfachat.errors import DfachatError, FrameError, LocalProtocolError, UnexpectedMessage
 from dfachat.fsm._table import TABLES, Branch, RoleTable
 from dfachat.fsm.events import ConnectionClosed, Event, ProtocolViolation
 from dfachat.spec import (
@@ -246,7 +246,9 @@ class Session:
         """The bytes for ``message``; the state moves as the table says.
 
         Raises LocalProtocolError (with the state, message type and rule) when
-        the table has no row for it, or when the message cannot be encoded.
+        the table has no row for it, or when the message cannot be encoded or
+        its action refuses a value (an encoding the spec lacks); the session
+        is then unchanged.
         """
         state = self._state
         row = self._table.send[state]
@@ -277,7 +279,15 @@ class Session:
             raise LocalProtocolError(
                 f"cannot send {message.NAME}: {err.detail}", rule=err.rule, state=state, message_type=message.NAME
             ) from err
-        self._apply(branch, message)
+        try:
+            self._apply(branch, message)
+        except DfachatError as err:
+            # An action refused a value the layout allows (HELLO or HELLO_OK naming an
+            # encoding the spec lacks, R3.1): our bug, and the session stays as it was.
+            self._state = state
+            raise LocalProtocolError(
+                f"cannot send {message.NAME}: {err.detail}", rule=err.rule, state=state, message_type=message.NAME
+            ) from err
         return data
 
     def close(self) -> None:
@@ -297,13 +307,14 @@ class Session:
         for action in branch.actions:
             getattr(self, action)(message)
 
+    # The encoding first: it is what can fail (R3.1), and then nothing has changed.
     def offer(self, message: Any) -> None:
-        self.offered_versions = tuple(message.versions)
         self._set_encoding(message.encoding)
+        self.offered_versions = tuple(message.versions)
 
     def adopt_encoding(self, message: Any) -> None:
-        self.version = message.version
         self._set_encoding(message.encoding)
+        self.version = message.version
 
     def authenticate(self, message: Any) -> None:
         self.user = message.name
