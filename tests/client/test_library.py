@@ -24,6 +24,7 @@ from dfachat.client import (
     connect,
     open_chat,
 )
+from dfachat.client.library import delivery_time
 from dfachat.server import DEMO_ACCOUNTS, ChatServer, KdfParams, ServerConfig, Store
 from dfachat.spec import LeftReason, Limits, Outcome
 
@@ -149,6 +150,43 @@ def test_text_the_encoding_cannot_carry_is_refused_before_sending(tmp_path: Path
             assert ack.delivered == 0
 
     run(tmp_path, scenario)
+
+
+def test_limits_the_server_announces_are_kept(tmp_path: Path) -> None:
+    """R4.11: fewer recipients and a smaller frame than the spec's defaults, announced in HELLO_OK."""
+
+    async def main() -> None:
+        store = Store(tmp_path / "chat.db", kdf=KdfParams(n=1024))
+        store.ensure_users(DEMO_ACCOUNTS)
+        limits = Limits(backoff_base_ms=5, max_recipients=2, max_frame=300)
+        server = ChatServer(store, ServerConfig(port=0, limits=limits))
+        await server.start()
+        try:
+            async with asyncio.timeout(30), login(server, "Liz") as liz:
+                with pytest.raises(MessageRejected, match="names 3 recipients; the server accepts 2") as err:
+                    await liz.send("hi", to=["Steve", "Bailey", "Zed"])
+                assert err.value.rule == "R4.11"
+                with pytest.raises(MessageRejected, match="-byte frame; the server accepts 300"):
+                    await liz.send("x" * 290)
+                ack = await liz.send("x" * 200, to=["Steve", "Bailey"])  # the session is unharmed
+                assert set(ack.outcomes) == {"Steve", "Bailey"}
+        finally:
+            await server.shutdown()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("timestamp_ms", "expected"),
+    [
+        (0, "1970-01-01T00:00:00+00:00"),
+        (1_700_000_000_123, "2023-11-14T22:13:20.123000+00:00"),
+        (253_402_300_799_999, "9999-12-30T00:00:00+00:00"),
+        (2**64 - 1, "9999-12-30T00:00:00+00:00"),  # a server's odd clock does not end the session
+    ],
+)
+def test_delivery_times_are_capped_at_what_a_calendar_shows(timestamp_ms: int, expected: str) -> None:
+    assert delivery_time(timestamp_ms).isoformat() == expected
 
 
 def test_lossy_delivery_is_visible_to_both_sides(tmp_path: Path) -> None:

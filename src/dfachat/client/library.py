@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dfachat import __version__
+from dfachat.codec import encode
 from dfachat.codec.messages import (  # type: ignore[attr-defined]
     AUTH_FAILED,
     AUTH_OK,
@@ -82,6 +83,7 @@ __all__ = [
     "Left",
     "Notice",
     "SendResult",
+    "delivery_time",
     "connect",
     "open_chat",
     "tls_context",
@@ -163,6 +165,19 @@ def tls_context(ca: str | os.PathLike[str] | None = None) -> _ssl.SSLContext:
     except (OSError, _ssl.SSLError) as exc:
         reason = "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
         raise ConnectionFailed(f"cannot use {os.fspath(ca) if ca is not None else 'the system'} CA certificates: {reason}") from None
+
+
+# The latest time a calendar (and every time zone) can show: DELIVER's u64 milliseconds reach
+# far beyond it, and a server's odd clock must not end the session.
+_LAST_TIME = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def delivery_time(timestamp_ms: int) -> datetime:
+    """DELIVER's ``timestamp_ms`` (R7.5) as an aware UTC time, capped at the end of year 9999."""
+    try:
+        return min(datetime.fromtimestamp(timestamp_ms / 1000, UTC), _LAST_TIME)
+    except (OverflowError, ValueError, OSError):
+        return _LAST_TIME
 
 
 def _looks_like_tls(data: bytes) -> bool:
@@ -318,7 +333,7 @@ class Chat:
                     server_msg_id=event.server_msg_id,
                     sender=event.sender,
                     text=event.text,
-                    time=datetime.fromtimestamp(event.timestamp_ms / 1000, UTC),
+                    time=delivery_time(event.timestamp_ms),
                     directed=bool(event.flags & DeliverFlags.DIRECTED),
                     lossy=bool(event.flags & DeliverFlags.LOSSY),
                     stored=bool(event.flags & DeliverFlags.STORED),
@@ -430,7 +445,24 @@ class Chat:
                 code_name="INVALID_TEXT",
             ) from None
         del encoded
+        if self.limits and len(recipients) > self.limits["max_recipients"]:
+            raise MessageRejected(
+                f"the message names {len(recipients)} recipients; the server accepts {self.limits['max_recipients']}",
+                rule="R4.11",
+                code_name="FIELD_INVALID",
+            )
         message = MSG(msg_id=next(self._msg_ids) & 0xFFFFFFFF, recipients=recipients, text=text)
+        if self.limits:
+            try:
+                size = len(encode(message, self.encoding))
+            except FrameError:
+                size = 0  # a name the spec forbids: the engine refuses it below, with its rule
+            if size > self.limits["max_frame"]:
+                raise MessageRejected(
+                    f"the message makes a {size}-byte frame; the server accepts {self.limits['max_frame']}",
+                    rule="R4.11",
+                    code_name="FRAME_TOO_LARGE",
+                )
         try:
             ack = await self._request(message, MSG_ACK, timeout)
         except LocalProtocolError as exc:
