@@ -262,6 +262,7 @@ class ChatServer:
         self._listener: socket.socket | None = None  # TLS: accepted by _accept_tls_forever
         self._acceptor: asyncio.Task[None] | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._logins: set[asyncio.Task[None]] = set()  # password checks and back-off delays under way
         self._sweeper: asyncio.Task[None] | None = None
         self._next_conn_id = 1
         # failed logins, for the back-off (R6.4): key -> (count, time of the last failure)
@@ -271,6 +272,7 @@ class ChatServer:
         self.logins_by_address: dict[str, deque[float]] = {}  # times of recent PASS frames (R9.5)
         self.handlers = self._dispatch_table()
         self.stopped = asyncio.Event()
+        self.shutting_down = False
 
     def _dispatch_table(self) -> dict[int, Callable[[Connection, Message], None]]:
         """One handler per message type a client may send, from the spec (checked here)."""
@@ -368,6 +370,7 @@ class ChatServer:
 
     async def shutdown(self, *, timeout: float = 5.0) -> None:
         """Stop accepting, BYE to every session (R10.3), flush, close; then the store."""
+        self.shutting_down = True
         if self._server is not None:
             self._server.close()
         for task in [self._acceptor, *self._handshakes]:
@@ -380,25 +383,40 @@ class ChatServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections.values()):
-            if not conn.session.closed:
-                conn.left_reason = LeftReason.DROPPED
-                with contextlib.suppress(LocalProtocolError):
-                    conn.send(BYE(reason=ByeReason.SHUTDOWN))
-            conn.flush()
-            conn.close_transport()
+            self._goodbye(conn)
         deadline = self.loop.time() + timeout
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
+        # Logins still checking a password or sleeping a back-off (up to backoff_max_ms): their
+        # sessions are closed now; cancel them, or the loop would close with them pending.
+        for task in list(self._logins):
+            task.cancel()
+        if self._logins:
+            await asyncio.wait(set(self._logins), timeout=timeout)
         if self._server is not None:
             await self._server.wait_closed()
         self.store.close()
         log.info("stopped", extra={"event": "stopped"})
         self.stopped.set()
 
+    def _goodbye(self, conn: Connection) -> None:
+        """BYE SHUTDOWN where the state allows it, then close (R10.3)."""
+        if not conn.session.closed:
+            conn.left_reason = LeftReason.DROPPED
+            with contextlib.suppress(LocalProtocolError):
+                conn.send(BYE(reason=ByeReason.SHUTDOWN))
+        conn.flush()
+        conn.close_transport()
+
     # --- connections ----------------------------------------------------------------------
     def connection_made(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
         from_address = self.per_address[conn.address] = self.per_address.get(conn.address, 0) + 1
+        if self.shutting_down:
+            # Accepted just before the listener closed, set up after the BYEs went out: it would
+            # otherwise be served (logins, messages) while the server waits to stop.
+            self._goodbye(conn)
+            return
         if len(self.connections) > self.config.max_connections:
             log.warning("refused %s: server full", conn.peer, extra={"event": "refused", "conn": conn.id})
             conn.end(make_error(ErrorCode.SERVER_FULL, "the server is at capacity"), LeftReason.DROPPED)
@@ -584,7 +602,9 @@ class ChatServer:
             )
             return
         conn.busy = True  # hold later events until the check (and any back-off) is done
-        self.loop.create_task(self._authenticate(conn, conn.login_name or "", password.password))
+        task = self.loop.create_task(self._authenticate(conn, conn.login_name or "", password.password))
+        self._logins.add(task)
+        task.add_done_callback(self._logins.discard)
 
     async def _authenticate(self, conn: Connection, name: str, password: str) -> None:
         try:

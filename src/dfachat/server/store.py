@@ -198,8 +198,14 @@ class Store:
             "SELECT name, key, salt, hash, kdf FROM accounts WHERE key = ?", (name_key(name),)
         ).fetchone()
         if row is None:
-            return None, self._dummy_salt, b"\0" * 32, self.kdf
+            return None, self._dummy_salt, b"\0" * 32, self._dummy_kdf()
         return Account(row[0], row[1]), row[2], row[3], KdfParams.decode(row[4])
+
+    def _dummy_kdf(self) -> KdfParams:
+        """The cost of the newest account's hash: an unknown name must cost what a wrong password
+        costs (R6.2) even when the accounts were hashed with other parameters than this Store's."""
+        row = self._db.execute("SELECT kdf FROM accounts ORDER BY rowid DESC LIMIT 1").fetchone()
+        return KdfParams.decode(row[0]) if row else self.kdf
 
     def verify(self, name: str, password: str) -> Account | None:
         """The account when the password is right; None otherwise (same cost either way)."""
