@@ -729,10 +729,13 @@ def _add_fuzz(commands: argparse._SubParsersAction) -> None:
     _add_fuzz_target_options(server)
     run = server.add_argument_group("the run")
     run.add_argument("--seed", type=int, help="random seed (a run with the same seed makes the same choices)")
-    run.add_argument("--max-examples", type=int, default=200, metavar="N", help="examples at most (default 200)")
+    run.add_argument("--max-examples", type=int, default=1000, metavar="N",
+                     help="examples to generate at most; shrinking a failure is not counted (default 1000)")
     run.add_argument("--time-budget", type=float, default=60.0, metavar="S",
                      help="stop after S seconds, shrinking included (default 60)")
     run.add_argument("--strict", action="store_true", help="SHOULD deviations fail the run too")
+    run.add_argument("-x", "--exitfirst", action="store_true",
+                     help="stop at the first failure (once shrunk and saved) instead of looking for more")
     out = server.add_argument_group("the report")
     out.add_argument("--json", metavar="FILE", help="write the verdicts as JSON")
     out.add_argument("--junit", metavar="FILE", help="write the verdicts as JUnit XML (one testcase per check)")
@@ -754,6 +757,55 @@ def _add_fuzz(commands: argparse._SubParsersAction) -> None:
     _add_fuzz_target_options(replay)
     replay.set_defaults(handler=cmd_fuzz)
     # client mode: see dfachat.conformance.fuzz.client_mode
+    _add_fuzz_client(modes)
+
+
+def _add_fuzz_client(modes: argparse._SubParsersAction) -> None:
+    client = modes.add_parser(
+        "client", help="fuzz a client: play its server",
+        description="Listen, start the client under test with --target-cmd (a shell command; it finds the "
+        "session's port, user, password and encoding in $DFACHAT_FUZZ_PORT, $DFACHAT_FUZZ_USER, "
+        "$DFACHAT_PASSWORD and $DFACHAT_FUZZ_ENCODING, and scripted lines on standard input), play a "
+        "server with legal variations, malformed and unexpected frames, and judge every frame the "
+        "client sends against its state table. For the reference client: --target-cmd 'dfachat client "
+        '--host "$DFACHAT_FUZZ_HOST" --port "$DFACHAT_FUZZ_PORT" --user "$DFACHAT_FUZZ_USER" '
+        '--encoding "$DFACHAT_FUZZ_ENCODING" --json\'.',
+    )
+    client.add_argument("--target-cmd", metavar="COMMAND", help="the client to test, started once per session")
+    client.add_argument("--listen", type=int, default=0, metavar="PORT",
+                        help="the port to listen on (default 0: a free one, passed in $DFACHAT_FUZZ_PORT)")
+    client.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    client.add_argument("--encoding", action="append", metavar="NAME",
+                        help="only sessions in this encoding (repeat for several; default: all of them)")
+    client.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                        help="how long to wait for what the spec requires of the client (PONG, closing; default 2)")
+    client.add_argument("--replay", metavar="CASE", help="play a saved client case again instead of fuzzing")
+    run = client.add_argument_group("the run")
+    run.add_argument("--seed", type=int, help="random seed (a run with the same seed makes the same choices)")
+    run.add_argument("--max-examples", type=int, default=100, metavar="N", help="sessions at most (default 100)")
+    run.add_argument("--time-budget", type=float, default=60.0, metavar="S",
+                     help="stop after S seconds, shrinking included (default 60)")
+    run.add_argument("--strict", action="store_true", help="SHOULD deviations fail the run too")
+    run.add_argument("-x", "--exitfirst", action="store_true",
+                     help="stop at the first failure (once shrunk and saved) instead of looking for more")
+    run.add_argument("--fail-fast", action="store_true", help="stop after the first failure (shrunk and saved)")
+    out = client.add_argument_group("the report")
+    out.add_argument("--json", metavar="FILE", help="write the verdicts as JSON")
+    out.add_argument("--junit", metavar="FILE", help="write the verdicts as JUnit XML (one testcase per check)")
+    out.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with sequence charts")
+    out.add_argument("--cases", default="dfachat-fuzz-cases", metavar="DIR",
+                     help="save each shrunk failure here as a case file (default ./dfachat-fuzz-cases)")
+    out.add_argument("--no-cases", action="store_true", help="save no case files")
+    out.add_argument("--verbose", action="store_true", help="list every check, the unexercised ones too")
+    out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    client.set_defaults(handler=cmd_fuzz_client)
+
+
+def cmd_fuzz_client(args: argparse.Namespace) -> int:
+    """``dfachat fuzz client --target-cmd COMMAND [--listen PORT] [--seed N] ... [--json FILE]``."""
+    from dfachat.conformance.fuzz.client_mode import run_client_command
+
+    return run_client_command(args)
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:

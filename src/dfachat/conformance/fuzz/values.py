@@ -1,0 +1,203 @@
+"""Field values and malformed frames for the fuzzer, derived from the spec's layouts and errors.
+
+* :func:`text_strategy` -- chat texts within the MSG layout's bounds, in the
+  characters a session's encoding can carry, with the characters worth
+  meeting (BOM, NUL, astral, the euro sign ...) often;
+* :func:`name_variants` -- a registered name in another case (R4.1);
+* :func:`unknown_names` -- names matching the NAME pattern that no account has;
+* :data:`MALFORMED` -- one frame builder per payload and framing error class
+  of :mod:`dfachat.errors` (which the spec maps to error codes): each builds
+  a frame with exactly that one defect, so exactly one answer is right. The
+  answer itself comes from the mirror session's codec, not from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import strategies as st
+
+from dfachat.codec.messages import MESSAGE_CLASSES_BY_CODE  # type: ignore[attr-defined]
+from dfachat.errors import (
+    BadMagic,
+    ChecksumMismatch,
+    FieldInvalid,
+    FrameError,
+    FrameTooLarge,
+    InvalidText,
+    MalformedPayload,
+    TruncatedFrame,
+    UnknownMessageType,
+    UnsupportedVersion,
+)
+from dfachat.server.store import name_key
+from dfachat.spec import (
+    ENCODINGS,
+    FRAME_OVERHEAD,
+    LIMITS,
+    MAGIC,
+    MESSAGES_BY_NAME,
+    PROTOCOL_VERSION,
+)
+from dfachat.spec.types import Ident, Text, unwrap
+
+__all__ = ["MALFORMED", "TRAILING", "uint_max", "uint_strategy", "frame", "name_variants", "text_strategy", "unknown_names"]
+
+# Characters worth meeting often: BOM (R3.3), NUL, ends of the BMP and of Unicode,
+# astral (surrogate pairs in utf-16), the euro sign (cp1252 0x80), Latin-1.
+_INTERESTING = "\ufeff\x00\x7f\x80\xff\u20ac\u0100\uffff\U0001f600\U0010ffff\u00e9"
+_SMALL_TEXT = 24
+
+
+def _field(message: str, name: str) -> Any:
+    return next(unwrap(sub) for sub in MESSAGES_BY_NAME[message].layout.subcons if sub.name == name)
+
+
+def _alphabet(encoding: str) -> tuple[str, ...] | None:
+    """Every character a single-byte encoding carries; None for the universal ones."""
+    spec = ENCODINGS[encoding]
+    if spec.universal:
+        return None
+    out = []
+    for byte in range(256):
+        with contextlib.suppress(UnicodeDecodeError):
+            out.append(bytes([byte]).decode(spec.codec))
+    return tuple(out)
+
+
+def _chars(encoding: str) -> st.SearchStrategy[str]:
+    """Characters to write a text with: any for universal encodings. A session may only send what
+    its encoding carries; what others receive is re-encoded, so lossy texts come from the
+    universal senders."""
+    alphabet = _alphabet(encoding)
+    codec = ENCODINGS[encoding].codec
+    interesting = [c for c in _INTERESTING if _encodable(c, codec)]
+    base = st.characters(exclude_categories=("Cs",)) if alphabet is None else st.sampled_from(alphabet)
+    return st.one_of(base, st.sampled_from(interesting))
+
+
+def _encodable(char: str, codec: str) -> bool:
+    try:
+        char.encode(codec)
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def text_strategy(encoding: str, max_text: int = LIMITS.max_text) -> st.SearchStrategy[str]:
+    """MSG texts a session in ``encoding`` may send: mostly short, sometimes at the limit."""
+    con: Text = _field("MSG", "text")
+    lo, hi = con.min_chars, min(con.max_chars, max_text)
+    chars = _chars(encoding)
+    short = st.text(chars, min_size=lo, max_size=min(hi, _SMALL_TEXT))
+    long = st.builds(lambda seed, size: (seed * size)[:size], st.text(chars, min_size=1, max_size=3),
+                     st.integers(max(lo, hi - 1), hi))
+    return st.one_of(short, short, short, long)
+
+
+def uint_max(message: str, field_name: str) -> int:
+    """The largest value of an unsigned big-endian integer field of a layout (R1.2), from its width."""
+    return int((1 << (8 * _field(message, field_name).sizeof())) - 1)
+
+
+def uint_strategy(message: str, field_name: str) -> st.SearchStrategy[int]:
+    """Any value of such a field."""
+    return st.integers(0, uint_max(message, field_name))
+
+
+def name_variants(name: str) -> st.SearchStrategy[str]:
+    """``name`` as written, upper-cased, lower-cased or swapped: the same account (R4.1)."""
+    return st.sampled_from(sorted({name, name.upper(), name.lower(), name.swapcase()}))
+
+
+def unknown_names(known: set[str]) -> st.SearchStrategy[str]:
+    """Valid NAMEs (the spec's pattern) that no account has, case-insensitively (R4.1)."""
+    con: Ident = _field("USER", "name")
+    return st.from_regex(con.pattern, fullmatch=True).filter(lambda n: name_key(n) not in known)
+
+
+# --- malformed frames -----------------------------------------------------------------------
+
+
+def frame(type_code: int, payload: bytes, *, version: int = PROTOCOL_VERSION, magic: bytes = MAGIC,
+          length: int | None = None, good_crc: bool = True) -> bytes:
+    """A frame laid out by hand (section 2): header, payload, CRC-32."""
+    head = magic + struct.pack(">BBI", version, type_code, len(payload) if length is None else length)
+    crc = zlib.crc32(head + payload) ^ (0 if good_crc else 0xFFFFFFFF)
+    return head + payload + struct.pack(">I", crc)
+
+
+def _code(name: str) -> int:
+    return MESSAGES_BY_NAME[name].code
+
+
+def _ping_payload() -> bytes:
+    return struct.pack(">I", 7)
+
+
+def _invalid_text(encoding: str) -> bytes:
+    """Bytes that are not text in ``encoding`` (R3.4), or b"" when every byte string is (latin-1)."""
+    for candidate in (b"\xff", b"\x00", b"\x00\x00\x00", b"\x80", b"\x81", b"\xed\xa0\x80"):
+        try:
+            candidate.decode(ENCODINGS[encoding].codec)
+        except UnicodeDecodeError:
+            return candidate
+    return b""
+
+
+def _msg_payload(text: bytes, recipients: tuple[bytes, ...] = ()) -> bytes:
+    names = b"".join(bytes([len(n)]) + n for n in recipients)
+    return struct.pack(">IB", 1, len(recipients)) + names + struct.pack(">H", len(text)) + text
+
+
+def _invalid_text_frame(authenticated: bool, encoding: str) -> tuple[bytes, str]:
+    bad = _invalid_text(encoding)
+    if not bad:  # latin-1 decodes every byte: no invalid text to send
+        return MALFORMED[MalformedPayload](authenticated, encoding)
+    if authenticated:
+        return frame(_code("MSG"), _msg_payload(bad)), f"MSG with text invalid in {encoding}"
+    pair = frame(_code("USER"), b"\x01a") + frame(_code("PASS"), struct.pack(">H", len(bad)) + bad)
+    return pair, f"USER, then PASS with text invalid in {encoding}"
+
+
+# Each builder: (authenticated, session encoding) -> (frame, description). Keyed by the error class
+# it provokes; the answer a server owes is the mirror's decoder's, not restated here.
+Builder = Callable[[bool, str], tuple[bytes, str]]
+
+MALFORMED: dict[type[FrameError], Builder] = {
+    BadMagic: lambda auth, enc: (frame(_code("PING"), _ping_payload(), magic=b"XX"), "frame with bad magic"),
+    UnsupportedVersion: lambda auth, enc: (
+        frame(_code("PING"), _ping_payload(), version=PROTOCOL_VERSION + 1), "frame of another version"),
+    FrameTooLarge: lambda auth, enc: (
+        frame(_code("PING"), b"", length=LIMITS.max_frame - FRAME_OVERHEAD + 1)[:8], "header of an oversized frame"),
+    ChecksumMismatch: lambda auth, enc: (frame(_code("PING"), _ping_payload(), good_crc=False), "frame with a bad CRC"),
+    UnknownMessageType: lambda auth, enc: (
+        frame(min(set(range(1, 256)) - set(MESSAGE_CLASSES_BY_CODE)), b""), "frame of an undefined type"),
+    MalformedPayload: lambda auth, enc: (
+        (frame(_code("PING"), b"\x00\x01"), "PING with a short payload (R2.6)") if auth
+        else (frame(_code("USER"), b"\x05ab"), "USER with a short payload (R2.6)")),
+    InvalidText: lambda auth, enc: _invalid_text_frame(auth, enc),
+    FieldInvalid: lambda auth, enc: (
+        (frame(_code("MSG"), _msg_payload(b"hi", (b"9lives",))), "MSG to a name that breaks R4.1") if auth
+        else (frame(_code("USER"), b"\x06_bad!!"), "USER with a name that breaks R4.1")),
+}
+"""Frames with one defect each, per error class of :mod:`dfachat.errors` (the mid-frame drop of
+:class:`TruncatedFrame` is an action of its own: nothing can be answered, R2.9)."""
+
+TRAILING: Builder = lambda auth, enc: (  # noqa: E731 - the second MalformedPayload (R2.7)
+    (frame(_code("LIST"), b"\x00"), "LIST with a byte after its layout (R2.7)") if auth
+    else (frame(_code("USER"), b"\x02ab\x00"), "USER with a byte after its layout (R2.7)"))
+"""MALFORMED_PAYLOAD's other cause: bytes left over after the last field (R2.7)."""
+
+# Every error class the codec raises on input has a builder (or is the mid-frame drop).
+_MISSING = {cls for cls in FrameError.__subclasses__() if cls not in MALFORMED and cls is not TruncatedFrame}
+assert not _MISSING, f"no malformed-frame builder for {sorted(c.__name__ for c in _MISSING)}"
+
+
+def truncated(encoding: str) -> bytes:
+    """The first half of a PING frame: dropped after it, the server sees TRUNCATED_FRAME (R2.9)."""
+    return frame(_code("PING"), _ping_payload())[:7]
