@@ -711,6 +711,27 @@ def _add_fuzz_target_options(parser: argparse.ArgumentParser) -> None:
     _add_tls_options(parser)
 
 
+def _add_fuzz_run_options(parser: argparse.ArgumentParser, *, max_examples: int, examples_help: str) -> None:
+    """The run's bounds and the reports: the same for both modes."""
+    run = parser.add_argument_group("the run")
+    run.add_argument("--seed", type=int, help="random seed (a run with the same seed makes the same choices)")
+    run.add_argument("--max-examples", type=int, default=max_examples, metavar="N", help=examples_help)
+    run.add_argument("--time-budget", type=float, default=60.0, metavar="S",
+                     help="stop after S seconds, shrinking included (default 60)")
+    run.add_argument("--strict", action="store_true", help="SHOULD deviations fail the run too")
+    run.add_argument("-x", "--exitfirst", action="store_true",
+                     help="stop at the first failure (once shrunk and saved) instead of looking for more")
+    out = parser.add_argument_group("the report")
+    out.add_argument("--json", metavar="FILE", help="write the verdicts as JSON")
+    out.add_argument("--junit", metavar="FILE", help="write the verdicts as JUnit XML (one testcase per check)")
+    out.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with sequence charts")
+    out.add_argument("--cases", default="dfachat-fuzz-cases", metavar="DIR",
+                     help="save each shrunk failure here as a case file (default ./dfachat-fuzz-cases)")
+    out.add_argument("--no-cases", action="store_true", help="save no case files")
+    out.add_argument("--verbose", action="store_true", help="list every check, the unexercised ones too")
+    out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
 def _add_fuzz(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "fuzz",
@@ -727,24 +748,10 @@ def _add_fuzz(commands: argparse._SubParsersAction) -> None:
     )
     server.add_argument("address", metavar="HOST:PORT", help="where the server listens")
     _add_fuzz_target_options(server)
-    run = server.add_argument_group("the run")
-    run.add_argument("--seed", type=int, help="random seed (a run with the same seed makes the same choices)")
-    run.add_argument("--max-examples", type=int, default=1000, metavar="N",
-                     help="examples to generate at most; shrinking a failure is not counted (default 1000)")
-    run.add_argument("--time-budget", type=float, default=60.0, metavar="S",
-                     help="stop after S seconds, shrinking included (default 60)")
-    run.add_argument("--strict", action="store_true", help="SHOULD deviations fail the run too")
-    run.add_argument("-x", "--exitfirst", action="store_true",
-                     help="stop at the first failure (once shrunk and saved) instead of looking for more")
-    out = server.add_argument_group("the report")
-    out.add_argument("--json", metavar="FILE", help="write the verdicts as JSON")
-    out.add_argument("--junit", metavar="FILE", help="write the verdicts as JUnit XML (one testcase per check)")
-    out.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with sequence charts")
-    out.add_argument("--cases", default="dfachat-fuzz-cases", metavar="DIR",
-                     help="save each shrunk failure here as a case file (default ./dfachat-fuzz-cases)")
-    out.add_argument("--no-cases", action="store_true", help="save no case files")
-    out.add_argument("--verbose", action="store_true", help="list every check, the unexercised ones too")
-    out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_fuzz_run_options(
+        server, max_examples=1000,
+        examples_help="examples to generate at most; shrinking a failure is not counted (default 1000)",
+    )
     server.set_defaults(handler=cmd_fuzz)
     replay = modes.add_parser(
         "replay", help="run a saved case (or a model-checker trace) against a target",
@@ -780,24 +787,7 @@ def _add_fuzz_client(modes: argparse._SubParsersAction) -> None:
     client.add_argument("--timeout", type=float, default=2.0, metavar="S",
                         help="how long to wait for what the spec requires of the client (PONG, closing; default 2)")
     client.add_argument("--replay", metavar="CASE", help="play a saved client case again instead of fuzzing")
-    run = client.add_argument_group("the run")
-    run.add_argument("--seed", type=int, help="random seed (a run with the same seed makes the same choices)")
-    run.add_argument("--max-examples", type=int, default=100, metavar="N", help="sessions at most (default 100)")
-    run.add_argument("--time-budget", type=float, default=60.0, metavar="S",
-                     help="stop after S seconds, shrinking included (default 60)")
-    run.add_argument("--strict", action="store_true", help="SHOULD deviations fail the run too")
-    run.add_argument("-x", "--exitfirst", action="store_true",
-                     help="stop at the first failure (once shrunk and saved) instead of looking for more")
-    run.add_argument("--fail-fast", action="store_true", help="stop after the first failure (shrunk and saved)")
-    out = client.add_argument_group("the report")
-    out.add_argument("--json", metavar="FILE", help="write the verdicts as JSON")
-    out.add_argument("--junit", metavar="FILE", help="write the verdicts as JUnit XML (one testcase per check)")
-    out.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with sequence charts")
-    out.add_argument("--cases", default="dfachat-fuzz-cases", metavar="DIR",
-                     help="save each shrunk failure here as a case file (default ./dfachat-fuzz-cases)")
-    out.add_argument("--no-cases", action="store_true", help="save no case files")
-    out.add_argument("--verbose", action="store_true", help="list every check, the unexercised ones too")
-    out.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_fuzz_run_options(client, max_examples=100, examples_help="sessions at most (default 100)")
     client.set_defaults(handler=cmd_fuzz_client)
 
 
@@ -817,7 +807,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 # --- the parser and the entry point ---------------------------------------------
 
-# One function per command; to come: check, fuzz, diagram.
+# One function per command.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_spec, _add_server, _add_users, _add_client, _add_gui, _add_cert, _add_check,
     _add_diagram, _add_docs, _add_fuzz,

@@ -174,7 +174,7 @@ def test_command_writes_every_report(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_command_fails_on_a_faulty_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["fuzz", "client", "--target-cmd", faulty("sends-after-quit"), "--seed", "1",
-                   "--max-examples", "30", "--fail-fast", "--timeout", "1", "--cases", str(tmp_path), "--quiet"])
+                   "--max-examples", "30", "--exitfirst", "--timeout", "1", "--cases", str(tmp_path), "--quiet"])
     out = capsys.readouterr().out
     assert status == 1 and "R10.1" in out and "FAILED" in out
 

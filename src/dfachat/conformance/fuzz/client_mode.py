@@ -506,7 +506,7 @@ def run_client_command(args: Any) -> int:
             strict=args.strict,
             encodings=tuple(args.encoding) if args.encoding else None,
             progress=not args.quiet,
-            fail_fast=args.fail_fast,
+            fail_fast=args.exitfirst,
         )
         result = run_client_fuzz(config)
     write_reports(result, args)
