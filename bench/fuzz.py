@@ -94,7 +94,8 @@ def main() -> int:
     print(f"(b) {len(names)} faulty servers, {args.workers} at a time ...", file=sys.stderr, flush=True)
 
     def kill(name: str) -> Any:
-        run = faulty.fuzz(name, workdir / name, seed=args.seed, timeout=args.timeout)
+        # -x: stop at the first failure once shrunk and saved, as a CI job would want
+        run = faulty.fuzz(name, workdir / name, seed=args.seed, options=("-x",), timeout=args.timeout)
         mark = "killed" if run.caught else "MISSED"
         print(f"  {name}: {mark} in {run.seconds:.1f} s", file=sys.stderr, flush=True)
         return run
