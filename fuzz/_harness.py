@@ -34,7 +34,7 @@ from typing import Any
 
 FUZZ_DIR = Path(__file__).resolve().parent
 ROOT = FUZZ_DIR.parent
-if str(ROOT) not in sys.path:  # the spec-derived test helpers: tests.codec.strategies, tests.fsm.samples
+if str(ROOT) not in sys.path:  # the spec-derived test helpers: tests.fsm.samples
     sys.path.insert(0, str(ROOT))
 
 try:

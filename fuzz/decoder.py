@@ -138,8 +138,9 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
 
 def seeds() -> dict[str, bytes]:
     """Valid frames of every message type in every encoding, from the spec's layouts, and streams of them."""
-    from tests.codec.strategies import extreme_message
     from tests.fsm.samples import all_samples
+
+    from dfachat.conformance.strategies import extreme_message
 
     found: dict[str, bytes] = {}
     for spec in MESSAGES:

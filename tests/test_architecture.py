@@ -107,6 +107,33 @@ PROBE = textwrap.dedent(
     out["checker"] = [sorted({v.property.name for v in result.violations}), len(rows),
                       sum(r["taken"] for r in rows), result.states]
 
+    # the conformance fuzzer: its schema strategies generate TYPING, and the illegal rule
+    # sends it where the server's table has no TYPING row
+    from hypothesis import HealthCheck, given, settings
+    from dfachat.conformance.strategies import any_message, message_strategy
+    from dfachat.conformance.fuzz.server_mode import illegal_messages
+    drawn = []
+
+    @settings(max_examples=300, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(any_message("utf-8"))
+    def draw_any(message):
+        drawn.append(message.NAME)
+
+    draw_any()
+    typing = []
+
+    @settings(max_examples=5, database=None, derandomize=True)
+    @given(message_strategy(MESSAGES_BY_NAME["TYPING"], "latin-1"))
+    def draw_typing(message):
+        typing.append(decode_frame(encode(message, "latin-1"), "latin-1") == message)
+
+    draw_typing()
+    out["fuzzer"] = {
+        "drawn": "TYPING" in drawn,
+        "typing": bool(typing) and all(typing),
+        "illegal": {state: "TYPING" in [m.name for m in illegal_messages(state)] for state in TABLES["server"].recv},
+    }
+
     # the real server and the client library, over loopback
     from dfachat.client import open_chat
     from dfachat.server import ChatServer, KdfParams, ServerConfig, Store
@@ -184,4 +211,8 @@ def test_adding_typing_reaches_every_part(typing_tree: Path) -> None:
     violated, rows, taken, states = out["checker"]
     assert violated in ([], ["every_quit_gets_bye"]), out["checker"]
     assert rows == 9 and taken >= 4 and states > 192, out["checker"]
+    # The fuzzer generates TYPING and sends it as illegal wherever the server's table has no row for it.
+    assert out["fuzzer"]["drawn"] and out["fuzzer"]["typing"], out["fuzzer"]
+    assert out["fuzzer"]["illegal"] == {state: f"server recv {state}" not in out["rows"]
+                                        for state in out["fuzzer"]["illegal"]}
     assert out["live"] == "Liz"

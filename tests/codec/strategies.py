@@ -1,288 +1,59 @@
-"""Hypothesis strategies for dfachat messages, derived from the spec's layouts.
+"""Hypothesis strategies for the codec and engine tests.
 
-Nothing here is written per message type: :func:`field_strategy` walks a
-field's construct (``Ident``, ``Text``, ``Code``, ``Flags``, ``List``, plain
-big-endian ints) and reads its bounds, so a new message or a changed limit
-in :mod:`dfachat.spec` is covered without touching the tests.
-
-* :func:`message_strategy` -- valid messages of one :class:`~dfachat.spec.MessageSpec`;
-* :func:`any_message` -- valid messages of every type;
-* :data:`encodings` -- the wire names of the session encodings;
-* :func:`extreme_message` -- one deterministic message with every field at
-  its lower or upper bound (lists of 1024 names are too big to draw);
-* :func:`alphabet` -- the characters an encoding can carry.
-
-Sizes stay small on most draws to keep the suite fast; TEXT fields and short
-lists are sometimes drawn at (or one below) their limits.
+The schema-driven strategies live in the product
+(:mod:`dfachat.conformance.strategies`, which the conformance fuzzer draws
+from too) and are re-exported here under the names the tests use; only
+:func:`examples`, which scales a test's example count, is test-only.
 """
 
 from __future__ import annotations
 
-import functools
-import operator
 import os
-import re._parser as sre_parse
-from collections.abc import Callable
-from typing import Any
 
-from construct import FormatField, Struct
-from hypothesis import strategies as st
-
-from dfachat.codec.messages import MESSAGE_CLASSES, RECORD_CLASSES, Message
-from dfachat.spec import ENCODINGS, MESSAGES, MessageSpec
-from dfachat.spec.types import Code, Flags, Ident, List, Text, unwrap
+from dfachat.conformance.strategies import (
+    ENCODING_NAMES,
+    INTERESTING,
+    alphabet,
+    any_message,
+    codec_of,
+    encodings,
+    extreme_message,
+    extreme_value,
+    field_strategy,
+    fold_key,
+    ident_at,
+    int_bounds,
+    message_strategy,
+    messages_and_encodings,
+    text_strategy,
+    unencodable_char,
+    widest_char,
+)
 
 __all__ = [
     "ENCODING_NAMES",
+    "INTERESTING",
     "alphabet",
     "any_message",
+    "codec_of",
     "encodings",
     "examples",
     "extreme_message",
     "extreme_value",
-    "ident_at",
     "field_strategy",
     "fold_key",
+    "ident_at",
     "int_bounds",
     "message_strategy",
     "messages_and_encodings",
+    "text_strategy",
     "unencodable_char",
     "widest_char",
 ]
 
-ENCODING_NAMES: tuple[str, ...] = tuple(ENCODINGS)
 EXAMPLES_SCALE = float(os.environ.get("DFACHAT_EXAMPLES_SCALE", "1"))
 
 
 def examples(n: int) -> int:
     """``n`` Hypothesis examples, scaled by $DFACHAT_EXAMPLES_SCALE for a longer run."""
     return max(1, round(n * EXAMPLES_SCALE))
-
-
-encodings = st.sampled_from(ENCODING_NAMES)
-
-SMALL_TEXT = 24  # code points on an ordinary draw
-SMALL_LIST = 6  # items on an ordinary draw
-NEAR_LIMIT_LIST = 64  # lists this short are sometimes drawn full
-# Characters worth meeting often: BOM (R3.3), NUL, the ends of the BMP and of
-# Unicode, astral (surrogate pairs in utf-16), cp1252's 0x80 (EURO SIGN), Latin-1.
-INTERESTING = "\ufeff\x00\x7f\x80\xff\u20ac\u0100\uffff\U0001f600\U0010ffff\u00e9"
-
-
-def codec_of(encoding: str) -> str:
-    return ENCODINGS[encoding].codec
-
-
-def _encodes(ch: str, codec: str) -> bool:
-    try:
-        ch.encode(codec)
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-@functools.cache
-def alphabet(encoding: str) -> tuple[str, ...] | None:
-    """Every character ``encoding`` can carry, or None for a universal one (all scalar values)."""
-    if ENCODINGS[encoding].universal:
-        return None
-    codec = codec_of(encoding)
-    return tuple(chr(i) for i in range(0x10000) if _encodes(chr(i), codec))
-
-
-def unencodable_char(encoding: str) -> str:
-    """A character ``encoding`` cannot carry (a lone surrogate for the UTFs)."""
-    codec = codec_of(encoding)
-    for ch in "\u00e9\u20ac\u0100\ud800":
-        if not _encodes(ch, codec):
-            return ch
-    raise AssertionError(f"{encoding} encodes everything")
-
-
-def widest_char(encoding: str) -> str:
-    """The character taking the most bytes in ``encoding`` (the largest text of N code points)."""
-    chars = alphabet(encoding) or ("\U0010ffff",)
-    codec = codec_of(encoding)
-    return max(chars, key=lambda c: (len(c.encode(codec)), ord(c)))
-
-
-def _chars(encoding: str) -> st.SearchStrategy[str]:
-    chars = alphabet(encoding)
-    interesting = [c for c in INTERESTING if _encodes(c, codec_of(encoding))]
-    base = st.characters(exclude_categories=("Cs",)) if chars is None else st.sampled_from(chars)
-    return st.one_of(base, st.sampled_from(interesting))
-
-
-def int_bounds(con: FormatField) -> tuple[int, int]:
-    """The range of an unsigned big-endian integer field (R1.2)."""
-    return 0, (1 << (8 * con.sizeof())) - 1
-
-
-def fold_key(con: Any) -> Callable[[Any], Any]:
-    """How a list's items are compared for uniqueness: case-folded for names."""
-    return str.casefold if getattr(unwrap(con), "casefold", False) else (lambda x: x)
-
-
-def _text_strategy(con: Text, encoding: str) -> st.SearchStrategy[str]:
-    lo, hi = con.min_chars, con.max_chars
-    chars = _chars(encoding)
-
-    @st.composite
-    def text(draw: Any) -> str:
-        if draw(st.integers(0, 7)):  # mostly short
-            return draw(st.text(chars, min_size=lo, max_size=min(hi, max(lo, SMALL_TEXT))))
-        # sometimes at the limit or one below: a short seed repeated
-        seed = draw(st.text(chars, min_size=1, max_size=4))
-        size = hi - draw(st.integers(0, 1))
-        return (seed * size)[:size]
-
-    return text()
-
-
-def _list_strategy(con: List, encoding: str) -> st.SearchStrategy[tuple[Any, ...]]:
-    item = field_strategy(con.item, encoding)
-    lo, hi = con.min_items, con.max_items
-    unique_by = fold_key(con.item) if con.unique else None
-
-    def sized(min_size: int, max_size: int) -> st.SearchStrategy[list[Any]]:
-        return st.lists(item, min_size=min_size, max_size=max_size, unique_by=unique_by)
-
-    small = sized(lo, min(hi, max(lo, SMALL_LIST)))
-    if hi <= NEAR_LIMIT_LIST:
-        full = sized(max(lo, hi - 1), hi)
-        strategy = st.one_of(small, small, small, full)
-    else:
-        strategy = small
-    return strategy.map(tuple)
-
-
-def field_strategy(sub: Any, encoding: str) -> st.SearchStrategy[Any]:
-    """Valid values of one layout field (or list item) in ``encoding``."""
-    con = unwrap(sub)
-    if isinstance(con, Ident):
-        return st.from_regex(con.regex.pattern.decode("ascii"), fullmatch=True)
-    if isinstance(con, Text):
-        return _text_strategy(con, encoding)
-    if isinstance(con, Code):
-        return st.sampled_from(list(con.enum))
-    if isinstance(con, Flags):
-        zero = con.flags(0)
-        return st.sets(st.sampled_from(list(con.flags))).map(
-            lambda members: functools.reduce(operator.or_, members, zero)
-        )
-    if isinstance(con, List):
-        return _list_strategy(con, encoding)
-    if isinstance(con, Struct):  # a list's record
-        cls = RECORD_CLASSES[sub.name]
-        return st.builds(cls, **{s.name: field_strategy(s, encoding) for s in con.subcons})
-    if isinstance(con, FormatField):
-        lo, hi = int_bounds(con)
-        return st.integers(lo, hi)
-    raise TypeError(f"no strategy for {con!r}")
-
-
-@functools.cache
-def message_strategy(spec: MessageSpec, encoding: str = "utf-8") -> st.SearchStrategy[Message]:
-    """Valid messages of ``spec``'s type whose TEXT fields ``encoding`` can carry."""
-    cls = MESSAGE_CLASSES[spec.name]
-    return st.builds(cls, **{sub.name: field_strategy(sub, encoding) for sub in spec.layout.subcons})
-
-
-@functools.cache
-def any_message(encoding: str = "utf-8") -> st.SearchStrategy[Message]:
-    return st.one_of([message_strategy(spec, encoding) for spec in MESSAGES])
-
-
-def messages_and_encodings() -> st.SearchStrategy[tuple[Message, str]]:
-    """(message, encoding) pairs: a valid message for that encoding."""
-    return encodings.flatmap(lambda enc: st.tuples(any_message(enc), st.just(enc)))
-
-
-# --- deterministic extremes ---------------------------------------------------
-
-
-def _class_chars(items: list[Any], fold: bool) -> list[str]:
-    chars: list[str] = []
-    for op, arg in items:
-        if op == sre_parse.LITERAL:
-            chars.append(chr(arg))
-        elif op == sre_parse.RANGE:
-            chars += [chr(c) for c in range(arg[0], arg[1] + 1)]
-        else:
-            raise TypeError(f"unsupported character class item {op}")
-    if fold:  # keep one spelling per case-folded character, so distinct indexes stay distinct
-        seen: set[str] = set()
-        chars = [c for c in chars if not (c.casefold() in seen or seen.add(c.casefold()))]
-    return chars
-
-
-@functools.cache
-def _ident_plan(pattern: str, fold: bool, longest: bool) -> tuple[tuple[str, ...], ...]:
-    """The choices along the shortest or longest match of ``pattern``: one tuple of characters per position."""
-    plan: list[tuple[str, ...]] = []
-
-    def walk(parsed: Any) -> None:
-        for op, arg in parsed:
-            if op == sre_parse.LITERAL:
-                plan.append((chr(arg),))
-            elif op == sre_parse.IN:
-                plan.append(tuple(_class_chars(arg, fold)))
-            elif op == sre_parse.MAX_REPEAT:
-                lo, hi, sub = arg
-                for _ in range(hi if longest else lo):
-                    walk(sub)
-            elif op == sre_parse.SUBPATTERN:
-                walk(arg[-1])
-            else:
-                raise TypeError(f"unsupported pattern element {op}")
-
-    walk(sre_parse.parse(pattern))
-    return tuple(plan)
-
-
-def ident_at(con: Ident, index: int, *, longest: bool) -> str:
-    """The ``index``-th identifier of the shortest or longest length ``con``'s pattern allows.
-
-    Walks the pattern (literals, character classes, bounded repeats); different
-    indexes give different identifiers (case-insensitively for names) as long
-    as the pattern has room for them.
-    """
-    out: list[str] = []
-    rest = index
-    for chars in _ident_plan(con.pattern, con.casefold, longest):
-        rest, digit = divmod(rest, len(chars))
-        out.append(chars[digit])
-    result = "".join(out)
-    assert con.regex.fullmatch(result.encode("ascii")), result
-    return result
-
-
-def extreme_value(sub: Any, encoding: str, largest: bool, index: int = 0) -> Any:
-    """A valid value of one field at its upper (or lower) bound; ``index`` varies list items."""
-    con = unwrap(sub)
-    if isinstance(con, Ident):
-        return ident_at(con, index, longest=largest)
-    if isinstance(con, Text):
-        return widest_char(encoding) * (con.max_chars if largest else con.min_chars)
-    if isinstance(con, Code):
-        members = sorted(con.enum)
-        return members[-1] if largest else members[0]
-    if isinstance(con, Flags):
-        return con.flags(con.mask if largest else 0)
-    if isinstance(con, List):
-        count = con.max_items if largest else con.min_items
-        return tuple(extreme_value(con.item, encoding, largest, i) for i in range(count))
-    if isinstance(con, Struct):
-        cls = RECORD_CLASSES[sub.name]
-        return cls(**{s.name: extreme_value(s, encoding, largest, index) for s in con.subcons})
-    if isinstance(con, FormatField):
-        lo, hi = int_bounds(con)
-        # a list of ints (HELLO's versions) must stay distinct
-        return hi - index if largest else lo + index
-    raise TypeError(f"no extreme value for {con!r}")
-
-
-def extreme_message(spec: MessageSpec, encoding: str, *, largest: bool) -> Message:
-    """``spec``'s message with every field at its upper (or lower) bound, valid in ``encoding``."""
-    cls = MESSAGE_CLASSES[spec.name]
-    return cls(**{sub.name: extreme_value(sub, encoding, largest) for sub in spec.layout.subcons})

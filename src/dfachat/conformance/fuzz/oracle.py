@@ -54,7 +54,7 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
 )
 from dfachat.conformance.fuzz.verdicts import Chart, ChartEvent, define_check
 from dfachat.conformance.fuzz.wire import Target
-from dfachat.errors import FrameError, LocalProtocolError
+from dfachat.errors import FrameError, LocalProtocolError, TruncatedFrame
 from dfachat.fsm import TABLES, ClientSession, ConnectionClosed, ProtocolViolation, ServerSession
 from dfachat.fsm._table import Branch
 from dfachat.server.routing import reencode, route
@@ -76,11 +76,13 @@ from dfachat.spec import (
 __all__ = ["Account", "Driver", "Expect", "ServerRows"]
 
 _SERVER = TABLES["server"]
-_BACKOFF_SLACK_S = 0.02
-_FRAMING = frozenset({"R2.1", "R2.2", "R2.4", "R2.5"})  # framing errors: no resynchronising (R2.8)
+_BACKOFF_SLACK_S = 0.02  # clock granularity when checking the R6.4 minimum delay
+# Framing errors (R2.8: no resynchronising): the codec's always-fatal frame errors, except the
+# mid-frame end of a connection (R2.9), which nothing answers.
+_FRAMING = frozenset(cls.rule for cls in FrameError.__subclasses__() if cls.fatal and cls is not TruncatedFrame)
 _REPLIES = frozenset({"HELLO_OK", "AUTH_OK", "AUTH_FAILED", "MSG_ACK", "USERS", "PONG", "BYE", "ERROR"})
 _OWED = _REPLIES | {"CLOSE"}  # what the server owes a session in answer to what it sent
-_PUSHING = frozenset({"MSG", "PASS", "QUIT", "ERROR"})  # what can make the server write to others  # clock granularity when checking the R6.4 minimum delay
+_PUSHING = frozenset({"MSG", "PASS", "QUIT", "ERROR"})  # what can make the server write to others
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,6 @@ from hypothesis.stateful import (
 )
 
 from dfachat.codec.messages import (  # type: ignore[attr-defined]
-    DELIVER,
     ERROR,
     HELLO,
     LIST,
@@ -50,7 +49,6 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
     PONG,
     QUIT,
     USER,
-    USERS,
 )
 from dfachat.conformance.fuzz.oracle import Account, Driver, ServerRows, StepFailed
 from dfachat.conformance.fuzz.values import (
@@ -65,17 +63,19 @@ from dfachat.conformance.fuzz.values import (
 )
 from dfachat.conformance.fuzz.verdicts import RunResult, Verdicts
 from dfachat.conformance.fuzz.wire import FuzzError, Target
+from dfachat.conformance.strategies import extreme_message, message_strategy
+from dfachat.fsm import TABLES
 from dfachat.spec import (
     ENCODINGS,
     LIMITS,
+    MESSAGES,
     SUPPORTED_VERSIONS,
-    DeliverFlags,
     ErrorCode,
     ErrorFlags,
-    ListFlags,
+    MessageSpec,
 )
 
-__all__ = ["FuzzSettings", "ServerFuzzMachine", "run_server_fuzz"]
+__all__ = ["FuzzSettings", "ServerFuzzMachine", "illegal_messages", "run_server_fuzz"]
 
 MAX_CONNS = 4  # open at once in one example
 _MSG_ID = uint_strategy("MSG", "msg_id")
@@ -157,6 +157,16 @@ _RUN: _Run | None = None  # the run the machine belongs to (Hypothesis builds ma
 
 def _conn_choice(data: Any, conns: list[int]) -> int:
     return data.draw(st.sampled_from(conns), label="conn")
+
+
+def illegal_messages(state: str) -> list[MessageSpec]:
+    """The message types the server's table has no row for in ``state`` (its mirror's state).
+
+    Types the server never receives (R12.3) included: every one is UNEXPECTED_MESSAGE there,
+    whatever its fields hold, so a well-formed instance has exactly one right answer.
+    """
+    rows = TABLES["server"].recv[state]
+    return [spec for spec in MESSAGES if spec.code not in rows]
 
 
 class ServerFuzzMachine(RuleBasedStateMachine):
@@ -328,7 +338,9 @@ class ServerFuzzMachine(RuleBasedStateMachine):
         """HELLO naming no supported version (R5.2) or an encoding not in the table (R5.3)."""
         if not self._go("bad_hello"):
             return
-        versions = data.draw(st.sampled_from(((2,), (3, 2), tuple(SUPPORTED_VERSIONS))), label="versions")
+        newest = max(SUPPORTED_VERSIONS)  # versions past it are ones the spec does not define
+        versions = data.draw(st.sampled_from(((newest + 1,), (newest + 2, newest + 1), tuple(SUPPORTED_VERSIONS))),
+                             label="versions")
         encoding = data.draw(st.sampled_from(("koi8-r", "ebcdic", *ENCODINGS)), label="encoding")
         if versions == tuple(SUPPORTED_VERSIONS) and encoding in ENCODINGS:
             encoding = "koi8-r"
@@ -513,24 +525,35 @@ class ServerFuzzMachine(RuleBasedStateMachine):
                                                 ("ESTABLISHED", "SEND_USER"))))
     @rule(data=st.data())
     def illegal(self, data: Any) -> None:
-        """A message the table forbids here: non-fatal ERROR after AUTH_OK (R11.3), fatal before (R6.7)."""
+        """A message the server's table has no row for here (R12.1, R12.3), with valid field values.
+
+        The mirror decides the answer: non-fatal ERROR after AUTH_OK (R11.3), fatal before (R6.7).
+        """
         if not self._go("illegal"):
             return
         index = _conn_choice(data, self._conns(lambda c: c.open and not c.expects and c.judge.state in
                                                ("ESTABLISHED", "SEND_USER")))
         conn = self.driver.conns[index]
-        if conn.judge.state == "ESTABLISHED":
-            options = [HELLO(versions=SUPPORTED_VERSIONS, encoding="utf-8", software=SOFTWARE), USER(name="Someone"),
-                       PASS(password="pw"), USERS(flags=ListFlags(0), online=()),
-                       DELIVER(server_msg_id=1, timestamp_ms=1, flags=DeliverFlags(0), sender="Someone", text="hi")]
+        options = illegal_messages(conn.mirror.state)
+        if not options:
+            return
+        spec = data.draw(st.sampled_from(options), label="illegal type")
+        encoding = conn.judge.encoding
+        # The answer does not depend on the values: mostly every field at a bound, which costs the
+        # example no entropy (long examples overrun Hypothesis's buffer and are lost), else drawn.
+        bound = data.draw(st.sampled_from(("lower", "upper", "lower", "drawn")), label="illegal values")
+        if bound == "drawn":
+            message = data.draw(message_strategy(spec, encoding), label="illegal message")
         else:
-            options = [LIST(), PING(nonce=1), MSG(msg_id=1, recipients=(), text="hi"),
-                       HELLO(versions=SUPPORTED_VERSIONS, encoding="utf-8", software=SOFTWARE)]
-        message = data.draw(st.sampled_from(options), label="illegal message")
+            message = extreme_message(spec, encoding, largest=bound == "upper")
         from dfachat.codec import encode
         from dfachat.conformance.report import label
 
-        self.driver.send_raw(index, encode(message, conn.judge.encoding), f"{label(message)} (illegal here)")
+        frame = encode(message, encoding)
+        if len(frame) > self.driver.limits.max_frame:  # the target's announced limit (R4.11) would answer first
+            message = extreme_message(spec, encoding, largest=False)
+            frame = encode(message, encoding)
+        self.driver.send_raw(index, frame, f"{label(message)} (illegal here)")
         self._after()
 
     @precondition(lambda self: bool(self._conns(lambda c: c.open and not c.expects and c.judge.state in

@@ -1,8 +1,8 @@
 """Field values and malformed frames for the fuzzer, derived from the spec's layouts and errors.
 
 * :func:`text_strategy` -- chat texts within the MSG layout's bounds, in the
-  characters a session's encoding can carry, with the characters worth
-  meeting (BOM, NUL, astral, the euro sign ...) often;
+  characters a session's encoding can carry (the shared, schema-driven
+  :mod:`dfachat.conformance.strategies`, which also gives whole messages);
 * :func:`name_variants` -- a registered name in another case (R4.1);
 * :func:`unknown_names` -- names matching the NAME pattern that no account has;
 * :data:`MALFORMED` -- one frame builder per payload and framing error class
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import zlib
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from dfachat.codec.messages import MESSAGE_CLASSES_BY_CODE  # type: ignore[attr-defined]
+from dfachat.conformance import strategies
 from dfachat.errors import (
     BadMagic,
     ChecksumMismatch,
@@ -43,70 +43,32 @@ from dfachat.spec import (
     MESSAGES_BY_NAME,
     PROTOCOL_VERSION,
 )
-from dfachat.spec.types import Ident, Text, unwrap
+from dfachat.spec.types import unwrap
 
 __all__ = ["MALFORMED", "TRAILING", "uint_max", "uint_strategy", "frame", "name_variants", "text_strategy", "unknown_names"]
-
-# Characters worth meeting often: BOM (R3.3), NUL, ends of the BMP and of Unicode,
-# astral (surrogate pairs in utf-16), the euro sign (cp1252 0x80), Latin-1.
-_INTERESTING = "\ufeff\x00\x7f\x80\xff\u20ac\u0100\uffff\U0001f600\U0010ffff\u00e9"
-_SMALL_TEXT = 24
 
 
 def _field(message: str, name: str) -> Any:
     return next(unwrap(sub) for sub in MESSAGES_BY_NAME[message].layout.subcons if sub.name == name)
 
 
-def _alphabet(encoding: str) -> tuple[str, ...] | None:
-    """Every character a single-byte encoding carries; None for the universal ones."""
-    spec = ENCODINGS[encoding]
-    if spec.universal:
-        return None
-    out = []
-    for byte in range(256):
-        with contextlib.suppress(UnicodeDecodeError):
-            out.append(bytes([byte]).decode(spec.codec))
-    return tuple(out)
-
-
-def _chars(encoding: str) -> st.SearchStrategy[str]:
-    """Characters to write a text with: any for universal encodings. A session may only send what
-    its encoding carries; what others receive is re-encoded, so lossy texts come from the
-    universal senders."""
-    alphabet = _alphabet(encoding)
-    codec = ENCODINGS[encoding].codec
-    interesting = [c for c in _INTERESTING if _encodable(c, codec)]
-    base = st.characters(exclude_categories=("Cs",)) if alphabet is None else st.sampled_from(alphabet)
-    return st.one_of(base, st.sampled_from(interesting))
-
-
-def _encodable(char: str, codec: str) -> bool:
-    try:
-        char.encode(codec)
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def text_strategy(encoding: str, max_text: int = LIMITS.max_text) -> st.SearchStrategy[str]:
-    """MSG texts a session in ``encoding`` may send: mostly short, sometimes at the limit."""
-    con: Text = _field("MSG", "text")
-    lo, hi = con.min_chars, min(con.max_chars, max_text)
-    chars = _chars(encoding)
-    short = st.text(chars, min_size=lo, max_size=min(hi, _SMALL_TEXT))
-    long = st.builds(lambda seed, size: (seed * size)[:size], st.text(chars, min_size=1, max_size=3),
-                     st.integers(max(lo, hi - 1), hi))
-    return st.one_of(short, short, short, long)
+    """MSG texts a session in ``encoding`` may send, under the target's ``max_text`` (R4.11).
+
+    A session may only send what its encoding carries; what others receive is re-encoded, so
+    lossy texts come from the universal senders.
+    """
+    return strategies.text_strategy(_field("MSG", "text"), encoding, max_chars=max_text)
 
 
 def uint_max(message: str, field_name: str) -> int:
     """The largest value of an unsigned big-endian integer field of a layout (R1.2), from its width."""
-    return int((1 << (8 * _field(message, field_name).sizeof())) - 1)
+    return strategies.int_bounds(_field(message, field_name))[1]
 
 
 def uint_strategy(message: str, field_name: str) -> st.SearchStrategy[int]:
     """Any value of such a field."""
-    return st.integers(0, uint_max(message, field_name))
+    return st.integers(*strategies.int_bounds(_field(message, field_name)))
 
 
 def name_variants(name: str) -> st.SearchStrategy[str]:
@@ -116,8 +78,8 @@ def name_variants(name: str) -> st.SearchStrategy[str]:
 
 def unknown_names(known: set[str]) -> st.SearchStrategy[str]:
     """Valid NAMEs (the spec's pattern) that no account has, case-insensitively (R4.1)."""
-    con: Ident = _field("USER", "name")
-    return st.from_regex(con.pattern, fullmatch=True).filter(lambda n: name_key(n) not in known)
+    names = strategies.field_strategy(_field("USER", "name"), "utf-8")
+    return names.filter(lambda n: name_key(n) not in known)
 
 
 # --- malformed frames -----------------------------------------------------------------------
