@@ -104,6 +104,9 @@ def widest_char(encoding: str) -> str:
     return max(carried, key=lambda c: (len(c.encode(codec)), ord(c)))
 
 
+# Strategies are immutable and Hypothesis validates each new one (for characters(), by walking
+# Unicode's intervals: tens of milliseconds), so the fuzzer's hot draws reuse one per argument.
+@functools.cache
 def chars(encoding: str) -> st.SearchStrategy[str]:
     """Characters ``encoding`` carries, the ones worth meeting (:data:`INTERESTING`) often."""
     carried = alphabet(encoding)
@@ -122,6 +125,7 @@ def fold_key(con: Any) -> Callable[[Any], Any]:
     return str.casefold if getattr(unwrap(con), "casefold", False) else (lambda x: x)
 
 
+@functools.cache
 def text_strategy(con: Text, encoding: str, max_chars: int | None = None) -> st.SearchStrategy[str]:
     """Values of a TEXT field in ``encoding``: mostly short, sometimes at the limit or one below.
 

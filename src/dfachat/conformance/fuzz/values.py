@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections.abc import Callable
@@ -52,6 +53,7 @@ def _field(message: str, name: str) -> Any:
     return next(unwrap(sub) for sub in MESSAGES_BY_NAME[message].layout.subcons if sub.name == name)
 
 
+@functools.cache
 def text_strategy(encoding: str, max_text: int = LIMITS.max_text) -> st.SearchStrategy[str]:
     """MSG texts a session in ``encoding`` may send, under the target's ``max_text`` (R4.11).
 
