@@ -28,9 +28,9 @@ import json
 import sys
 from typing import Any
 
-from dfachat.conformance import ModelConfig, check
-from dfachat.conformance.command import default_bounds
-from dfachat.conformance.explore import CheckResult
+from dfachat.conformance.checker import ModelConfig, check
+from dfachat.conformance.checker.command import default_bounds
+from dfachat.conformance.checker.explore import CheckResult
 
 POOL_BOUNDS = {"capacity": 8, "max_msgs": 1, "total_msgs": 1, "aborts": 0, "wrong_logins": 0}
 

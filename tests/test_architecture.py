@@ -99,9 +99,9 @@ PROBE = textwrap.dedent(
     ]
 
     # the checker: explores TYPING and covers its rows
-    from dfachat.conformance import ModelConfig, check
+    from dfachat.conformance.checker import ModelConfig, check
     result = check(ModelConfig.for_clients(2, wrong_logins=0, aborts=0, max_msgs=0), max_states=200_000)
-    from dfachat.conformance import coverage_report
+    from dfachat.conformance.checker import coverage_report
     report = coverage_report(result.coverage)
     rows = [r for role in report.values() for r in role["rows"] if "TYPING" in r["trigger"]]
     out["checker"] = [sorted({v.property.name for v in result.violations}), len(rows),
@@ -181,7 +181,7 @@ def test_the_document_has_the_worked_example() -> None:
     assert files == {
         "src/dfachat/spec/rules.py", "src/dfachat/spec/messages.py", "src/dfachat/spec/machine.py",
         "src/dfachat/server/app.py", "src/dfachat/client/library.py",
-        "src/dfachat/conformance/model.py",
+        "src/dfachat/conformance/checker/model.py",
     }
 
 

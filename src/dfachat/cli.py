@@ -494,7 +494,7 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``dfachat check [--clients N] [--capacity C] ... [--json] [--msc FILE] [--trace FILE]``."""
-    from dfachat.conformance.command import run
+    from dfachat.conformance.checker.command import run
 
     return run(args)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dfachat.conformance import Model, ModelConfig, check
-from dfachat.conformance.explore import CheckResult
-from dfachat.conformance.model import EvAborted, EvClientReceived
-from dfachat.conformance.report import msc_text
+from dfachat.conformance.checker import Model, ModelConfig, check
+from dfachat.conformance.checker.explore import CheckResult
+from dfachat.conformance.checker.model import EvAborted, EvClientReceived
+from dfachat.conformance.checker.report import msc_text
 from dfachat.server.routing import Route
 from dfachat.spec import LeftReason
 

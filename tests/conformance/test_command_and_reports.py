@@ -12,7 +12,7 @@ import pytest
 from dfachat.cli import main
 from dfachat.codec import encode
 from dfachat.codec.messages import DELIVER, MSG, MSG_ACK, RecipientResult  # type: ignore[attr-defined]
-from dfachat.conformance import (
+from dfachat.conformance.checker import (
     ModelConfig,
     check,
     message_from_json,
@@ -22,7 +22,7 @@ from dfachat.conformance import (
     summary_json,
     trace_json,
 )
-from dfachat.conformance.properties import PROPERTIES
+from dfachat.conformance.checker.properties import PROPERTIES
 from dfachat.spec import DeliverFlags, Outcome
 
 SMALL = ["--clients", "2", "--max-msgs", "0", "--aborts", "0", "--wrong-logins", "0", "--quiet"]

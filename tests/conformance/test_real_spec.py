@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dfachat.conformance import Domain, ModelConfig, check, coverage_report
-from dfachat.conformance.command import default_bounds
-from dfachat.conformance.explore import CheckResult
-from dfachat.conformance.properties import PROPERTIES
+from dfachat.conformance.checker import Domain, ModelConfig, check, coverage_report
+from dfachat.conformance.checker.command import default_bounds
+from dfachat.conformance.checker.explore import CheckResult
+from dfachat.conformance.checker.properties import PROPERTIES
 
 
 def _assert_all_hold(result) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from dfachat.codec.messages import Message
-from dfachat.conformance.model import EvClientReceived, EvServerReceived, Model
-from dfachat.conformance.report import label
+from dfachat.conformance.checker.model import EvClientReceived, EvServerReceived, Model
+from dfachat.conformance.checker.report import label
 from dfachat.conformance.scenarios import (
     SCENARIOS,
     Act,

@@ -1,56 +1,14 @@
-"""The model checker (``dfachat check``) and, later, the conformance fuzzer (``dfachat fuzz``).
+"""Conformance: two tools, each in its own room, that judge implementations against the spec.
 
-Both derive the protocol from :mod:`dfachat.spec` and run the :mod:`dfachat.fsm`
-engine as their model; neither describes it again.
+* :mod:`.checker` -- the model checker (``dfachat check``): explores the
+  reference server core with N model clients and proves properties that cite
+  the spec's rules, or prints the shortest counterexample;
+* :mod:`.fuzz` -- the conformance fuzzer (``dfachat fuzz``): drives any
+  implementation over TCP with spec-generated traffic and judges what it sends
+  with the engines and the same server core as its oracle.
 
-The checker (docs/CHECKING.md):
-
-* :mod:`.model` -- one server and N clients running the real engines, joined by
-  bounded FIFO channels; the values clients choose from (:class:`Domain`) and
-  the bounds (:class:`ModelConfig`);
-* :mod:`.properties` -- the properties, one named function each, citing rules;
-* :mod:`.explore` -- breadth-first, depth-first and random exploration with
-  fingerprints, symmetry and partial-order reduction (:func:`check`);
-* :mod:`.parallel` -- breadth-first search with several processes;
-* :mod:`.report` -- summaries, message sequence charts (ASCII, Mermaid), JSON traces.
+Shared by both: :mod:`.strategies` (values drawn from the spec's schemas) and
+:mod:`.scenarios` (worked conversations, also drawn as sequence diagrams).
+Neither tool describes the protocol again: both derive it from
+:mod:`dfachat.spec` and run the :mod:`dfachat.fsm` engines.
 """
-
-from dfachat.conformance.explore import Checker, CheckResult, Violation, check, coverage_report
-from dfachat.conformance.model import DOMAIN, ClientSpec, Domain, Model, ModelConfig, Step, View
-from dfachat.conformance.properties import PROPERTIES, Property, always, eventually, sometimes
-from dfachat.conformance.report import (
-    message_from_json,
-    message_json,
-    msc_mermaid,
-    msc_text,
-    summary_json,
-    summary_text,
-    trace_json,
-)
-
-__all__ = [
-    "DOMAIN",
-    "PROPERTIES",
-    "CheckResult",
-    "Checker",
-    "ClientSpec",
-    "Domain",
-    "Model",
-    "ModelConfig",
-    "Property",
-    "Step",
-    "View",
-    "Violation",
-    "always",
-    "check",
-    "coverage_report",
-    "eventually",
-    "message_from_json",
-    "message_json",
-    "msc_mermaid",
-    "msc_text",
-    "sometimes",
-    "summary_json",
-    "summary_text",
-    "trace_json",
-]

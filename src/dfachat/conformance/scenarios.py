@@ -1,7 +1,7 @@
 """Named scenarios run through the real engines, drawn as message sequence charts.
 
 A scenario is a script of client actions (connect, send a message the client's
-table allows). It runs in the model checker's :class:`~dfachat.conformance.model.Model`
+table allows). It runs in the model checker's :class:`~dfachat.conformance.checker.model.Model`
 -- real :class:`~dfachat.fsm.ClientSession` and :class:`~dfachat.fsm.ServerSession`
 engines, the reference server's handlers and routing, frames through the real
 codec (``wire`` mode) -- with one fixed schedule instead of every interleaving:
@@ -13,7 +13,7 @@ something the engines refuse is a :class:`ScenarioError`.
 ``dfachat diagram --sequence NAME`` renders a run as Mermaid
 (:func:`sequence_mermaid`), SVG (:func:`sequence_svg`, a small writer, so the
 output is the same on every machine) or ASCII (the checker's
-:func:`~dfachat.conformance.report.msc_text`).
+:func:`~dfachat.conformance.checker.report.msc_text`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dfachat.codec.messages import Message
-from dfachat.conformance.model import Model, ModelConfig, Step
-from dfachat.conformance.report import _chart_events, _mermaid_text, client_label, msc_text
+from dfachat.conformance.checker.model import Model, ModelConfig, Step
+from dfachat.conformance.checker.report import _chart_events, _mermaid_text, client_label, msc_text
 from dfachat.errors import DfachatError
 from dfachat.spec import LIMITS
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from dfachat.cli import main
-from dfachat.conformance import ModelConfig, check
+from dfachat.conformance.checker import ModelConfig, check
+from dfachat.conformance.checker.report import trace_json
 from dfachat.conformance.fuzz.cases import load_actions, replay
 from dfachat.conformance.fuzz.oracle import Account
 from dfachat.conformance.fuzz.report import (
@@ -36,7 +37,6 @@ from dfachat.conformance.fuzz.verdicts import (
     check_for,
 )
 from dfachat.conformance.fuzz.wire import Target
-from dfachat.conformance.report import trace_json
 from dfachat.server import Store
 from dfachat.spec import SECTIONS
 

@@ -3,7 +3,7 @@
 A case (format ``dfachat-fuzz-case/1``) lists the actions of the example --
 connect, send these messages (split at these offsets), send these raw bytes,
 drop, stay silent -- with every message as data
-(:func:`dfachat.conformance.report.message_json`), the failures seen and the
+(:func:`dfachat.conformance.checker.report.message_json`), the failures seen and the
 accounts it used, so it runs against any target with the same number of
 accounts. :func:`load_actions` also reads the model checker's counterexample
 traces (``dfachat-trace/1``): their client steps become the same actions,
@@ -77,7 +77,7 @@ def _trailing_byte(frame: bytes) -> bytes:
 def _trace_actions(data: dict[str, Any], accounts: list[Account]) -> list[dict[str, Any]]:
     """A checker trace's client steps as actions; its accounts mapped in order onto ``accounts``."""
     from dfachat.codec import encode
-    from dfachat.conformance.report import message_from_json, message_json
+    from dfachat.conformance.checker.report import message_from_json, message_json
 
     registered = [tuple(a) for a in data.get("config", {}).get("accounts", [])]
     if len(registered) > len(accounts):
@@ -127,7 +127,7 @@ def _encoding(data: dict[str, Any], client: int) -> str:
 
 def load_actions(path: Path, accounts: list[Account]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The actions of a case file or a checker trace, and the file's data."""
-    from dfachat.conformance.report import TRACE_FORMAT
+    from dfachat.conformance.checker.report import TRACE_FORMAT
 
     data = _read(path)
     kind = data.get("format")
@@ -181,7 +181,7 @@ class ReplayResult:
 def replay(actions: list[dict[str, Any]], target: Target, accounts: list[Account], *,
            reply_timeout: float = 1.0) -> ReplayResult:
     """Run ``actions`` against ``target``, judged as in a fuzzing run."""
-    from dfachat.conformance.report import message_from_json
+    from dfachat.conformance.checker.report import message_from_json
 
     verdicts = Verdicts("server")
     driver = Driver(target, accounts, verdicts=verdicts, reply_timeout=reply_timeout, rows=ServerRows())

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from dfachat.codec import encode
 from dfachat.codec.messages import MESSAGE_CLASSES, MSG, Message  # type: ignore[attr-defined]
-from dfachat.conformance.report import message_from_json, message_json
+from dfachat.conformance.checker.report import message_from_json, message_json
 from dfachat.conformance.strategies import extreme_message
 from dfachat.fsm import TABLES
 from dfachat.spec import (

@@ -110,7 +110,7 @@ class ServerRows:
                 return
 
     def report(self) -> dict[str, Any]:
-        from dfachat.conformance.explore import coverage_report
+        from dfachat.conformance.checker.explore import coverage_report
 
         rows = coverage_report(self.taken)["server"]["rows"]
         label = [f"{r['state']} {r['trigger']}{' ' + r['guards'] if r['guards'] else ''} -> {r['dest']}" for r in rows]
@@ -282,7 +282,7 @@ class Driver:
 
     def send(self, index: int, messages: list[Message], *, splits: Iterable[int] = (), record: bool = True) -> None:
         """Send ``messages`` in one write (packed), cut at the byte offsets ``splits``, then judge."""
-        from dfachat.conformance.report import label, message_json
+        from dfachat.conformance.checker.report import label, message_json
 
         conn = self.conns[index]
         if record:
@@ -811,7 +811,7 @@ class Driver:
 
     # --- judging what arrives -------------------------------------------------------------------
     def _judge(self, conn: Conn, event: Any) -> None:
-        from dfachat.conformance.report import label
+        from dfachat.conformance.checker.report import label
 
         now = time.monotonic()
         if isinstance(event, ConnectionClosed):

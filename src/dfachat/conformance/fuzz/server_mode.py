@@ -345,7 +345,7 @@ class ServerFuzzMachine(RuleBasedStateMachine):
         if versions == tuple(SUPPORTED_VERSIONS) and encoding in ENCODINGS:
             encoding = "koi8-r"
         from dfachat.codec import encode
-        from dfachat.conformance.report import label
+        from dfachat.conformance.checker.report import label
 
         hello = HELLO(versions=versions, encoding=encoding, software=SOFTWARE)
         index = self.driver.open_conn()
@@ -547,7 +547,7 @@ class ServerFuzzMachine(RuleBasedStateMachine):
         else:
             message = extreme_message(spec, encoding, largest=bound == "upper")
         from dfachat.codec import encode
-        from dfachat.conformance.report import label
+        from dfachat.conformance.checker.report import label
 
         frame = encode(message, encoding)
         if len(frame) > self.driver.limits.max_frame:  # the target's announced limit (R4.11) would answer first

@@ -25,8 +25,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from dfachat.conformance.explore import Checker, CheckResult, _Progress
-from dfachat.conformance.model import Model, ModelConfig
+from dfachat.conformance.checker.explore import Checker, CheckResult, _Progress
+from dfachat.conformance.checker.model import Model, ModelConfig
 
 __all__ = ["check_parallel"]
 

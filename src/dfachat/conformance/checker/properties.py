@@ -19,7 +19,7 @@ Adding a property is adding one function here with one of three decorators:
 ``requires`` (a predicate over the ModelConfig) skips a property the bounds
 cannot exercise. Properties never restate the protocol: they compare what the
 engines and the server did with what the rules promise, from the facts each
-step reports (:mod:`dfachat.conformance.model`, the ``Ev*`` records).
+step reports (:mod:`dfachat.conformance.checker.model`, the ``Ev*`` records).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dfachat.conformance.model import (
+from dfachat.conformance.checker.model import (
     EvClientReceived,
     EvInternalError,
     EvLogin,

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dfachat.conformance.explore import STRATEGIES, check
-from dfachat.conformance.model import ModelConfig
-from dfachat.conformance.properties import PROPERTIES
-from dfachat.conformance.report import msc_mermaid, summary_json, summary_text, trace_json
+from dfachat.conformance.checker.explore import STRATEGIES, check
+from dfachat.conformance.checker.model import ModelConfig
+from dfachat.conformance.checker.properties import PROPERTIES
+from dfachat.conformance.checker.report import msc_mermaid, summary_json, summary_text, trace_json
 
 __all__ = ["BOUNDS", "config_from_args", "default_bounds", "run"]
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from dfachat.conformance.model import Model, ModelConfig, Step, View
-from dfachat.conformance.properties import PROPERTIES, Property
+from dfachat.conformance.checker.model import Model, ModelConfig, Step, View
+from dfachat.conformance.checker.properties import PROPERTIES, Property
 from dfachat.fsm import TABLES
 from dfachat.spec import CLOSED_TRIGGER
 
@@ -485,7 +485,7 @@ def check(
 ) -> CheckResult:
     """Explore ``config``'s model and judge ``properties`` (default: all). See the module doc."""
     if workers > 1:
-        from dfachat.conformance.parallel import check_parallel
+        from dfachat.conformance.checker.parallel import check_parallel
 
         return check_parallel(
             config,

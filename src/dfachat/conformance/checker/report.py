@@ -17,8 +17,8 @@ from enum import Enum
 from typing import Any
 
 from dfachat.codec.messages import MESSAGE_CLASSES, Message, Record
-from dfachat.conformance.explore import CheckResult, Violation, coverage_report
-from dfachat.conformance.model import (
+from dfachat.conformance.checker.explore import CheckResult, Violation, coverage_report
+from dfachat.conformance.checker.model import (
     EvAborted,
     EvClientReceived,
     EvServerReceived,
