@@ -223,10 +223,10 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
         conn.connection_lost(None)
         observer.connection_lost(None)
         settle()
-        assert not server.connections and not server.online and not server.per_address, (
+        assert not server.connections and not server.online and not server.core.per_address, (
             server.connections,
             server.online,
-            server.per_address,
+            server.core.per_address,
         )
     finally:
         internal_errors.clear()

@@ -114,11 +114,11 @@ async def test_failure_records_expire_after_the_window(chat: Chat) -> None:
     for i in range(3):
         await timed_failure(guesser, "Bailey", f"guess{i}")
     await guesser.wait_closed()
-    assert server.failures_by_account  # remembered for now ...
+    assert server.core.failures_by_account  # remembered for now ...
     deadline = time.monotonic() + 5
-    while server.failures_by_account and time.monotonic() < deadline:
+    while server.core.failures_by_account and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    assert not server.failures_by_account and not server.failures_by_address  # ... then forgotten
+    assert not server.core.failures_by_account and not server.core.failures_by_address  # ... then forgotten
     _, elapsed = await timed_failure(await chat.greeted("later"), "Bailey", "again")
     # Back to the base delay: well under the 8x base a remembered fourth failure would cost.
     assert base * 0.9 <= elapsed < 5 * base

@@ -52,10 +52,10 @@ async def test_connections_from_one_address_are_bounded(chat: Chat) -> None:
     await other.hello()
     await other.login("Steve", chat.password("Steve"))
     await liz.expect(JOINED, name="Steve", only=True)
-    assert server.per_address == {HOST: 2, OTHER_ADDRESS: 1}
+    assert server.core.per_address == {HOST: 2, OTHER_ADDRESS: 1}
     # A place freed is a place available again.
     lurker.close()
-    await until(lambda: server.per_address.get(HOST) == 1, "freed")
+    await until(lambda: server.core.per_address.get(HOST) == 1, "freed")
     bailey = await chat.login("Bailey")
     assert (await bailey.say("made it", to=("Liz",))).delivered == 1
 

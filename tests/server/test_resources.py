@@ -53,8 +53,9 @@ async def test_slow_consumer_is_cut_off_and_memory_stays_bounded(chat: Chat) -> 
         ack = await liz.say(text)
         sent += 1
         for conn in server.connections.values():
-            if conn.transport is not None and not conn.transport.is_closing():
-                worst = max(worst, conn.transport.get_write_buffer_size())
+            transport = conn.handle.transport
+            if transport is not None and not transport.is_closing():
+                worst = max(worst, transport.get_write_buffer_size())
         if sent % 50 == 0:
             steve.take_all()  # Steve reads everything; keep the test's own memory small
     # The queue of an unread session never grew far past the limit (one flush at most).

@@ -1,7 +1,8 @@
 """The sans-IO protocol engine: each role's state table, generated from the spec, and sessions.
 
 * :class:`ServerSession`, :class:`ClientSession` -- ``receive_data(bytes) -> events``,
-  ``send(message) -> bytes``, ``state``, ``closed``, ``must_close``;
+  ``send(message) -> bytes``, ``state``, ``closed``, ``must_close``,
+  ``snapshot()`` and ``restore(snapshot)`` (:class:`SessionSnapshot`, a hashable value);
 * :class:`ProtocolViolation`, :class:`ConnectionClosed` -- the events that are not messages;
 * :data:`TABLES` -- the frozen ``(role, state, trigger) -> branches`` table;
 * :class:`SessionPair` (in :mod:`.testing`) -- a client and a server joined in memory.
@@ -9,7 +10,7 @@
 
 from dfachat.fsm._table import TABLES, Branch, RoleTable, resolve
 from dfachat.fsm.events import ConnectionClosed, Event, ProtocolViolation, SessionEvent
-from dfachat.fsm.session import ClientSession, ServerSession, Session, make_error
+from dfachat.fsm.session import ClientSession, ServerSession, Session, SessionSnapshot, make_error
 from dfachat.fsm.testing import SessionPair
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Session",
     "SessionEvent",
     "SessionPair",
+    "SessionSnapshot",
     "make_error",
     "resolve",
 ]

@@ -23,7 +23,7 @@ A session costs a few hundred bytes: ``__slots__`` and a shared table.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from dfachat.codec.frames import FrameDecoder, encode
 from dfachat.codec.messages import ERROR, Message  # type: ignore[attr-defined]
@@ -40,7 +40,7 @@ from dfachat.spec import (
     Limits,
 )
 
-__all__ = ["ClientSession", "ServerSession", "Session", "make_error"]
+__all__ = ["ClientSession", "ServerSession", "Session", "SessionSnapshot", "make_error"]
 
 _CLOSED = "CLOSED"
 
@@ -69,6 +69,24 @@ def make_error(
         rule=rule or info.rule,
         reason=_reason_text(detail, limits.max_reason),
     )
+
+
+class SessionSnapshot(NamedTuple):
+    """Everything that decides a session's future, between frames: hashable, comparable.
+
+    What it leaves out is what only exists inside a frame (a half-received
+    frame in the decoder); :meth:`Session.snapshot` refuses while one is
+    buffered. The model checker keeps these in its states and rebuilds
+    engines from them with :meth:`Session.restore`.
+    """
+
+    state: str
+    encoding: str
+    stopped: bool  # a fatal violation was seen: nothing more is read (R10.4)
+    version: int | None
+    user: str | None
+    failed_logins: int
+    offered_versions: tuple[int, ...]
 
 
 class Session:
@@ -105,6 +123,30 @@ class Session:
         self.user: str | None = None
         self.failed_logins = 0
         self.offered_versions: tuple[int, ...] = ()
+
+    # --- snapshots: the engine's state as a value ------------------------------
+    def snapshot(self) -> SessionSnapshot:
+        """This session's state as a hashable value (between frames: nothing half-received)."""
+        if self._decoder.buffered:
+            raise LocalProtocolError("a session holding part of a frame has no snapshot", state=self._state)
+        return SessionSnapshot(
+            self._state, self._encoding, self._stopped, self.version, self.user,
+            self.failed_logins, self.offered_versions,
+        )
+
+    @classmethod
+    def restore(cls, snapshot: SessionSnapshot, *, limits: Limits = LIMITS) -> Session:
+        """A session in the state ``snapshot`` describes, as if it had got there by itself."""
+        session = cls.__new__(cls)
+        (
+            session._state, session._encoding, session._stopped, session.version, session.user,
+            session.failed_logins, session.offered_versions,
+        ) = snapshot
+        session._decoder = FrameDecoder(snapshot.encoding, max_frame=limits.max_frame)
+        session._eof = False
+        session._close_reported = snapshot.state == _CLOSED
+        session.limits = limits
+        return session
 
     # --- what a wrapper needs to know -----------------------------------------
     @property

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfachat.errors import DfachatError
+from dfachat.server.storage import Account, StoredMessage, name_key
 from dfachat.spec.messages import USER_NAME
 
 __all__ = [
@@ -90,25 +91,6 @@ class KdfParams:
         return cls(int(n), int(r), int(p))
 
 
-@dataclass(frozen=True, slots=True)
-class Account:
-    name: str
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    id: int
-    server_msg_id: int
-    timestamp_ms: int
-    sender: str
-    flags: int
-    text: str
-
-
-def name_key(name: str) -> str:
-    """The identity of a name: case-insensitive (R4.1)."""
-    return name.casefold()
 
 
 def _password_bytes(password: str) -> bytes:
@@ -129,7 +111,8 @@ def default_db_path() -> Path:
 
 
 class Store:
-    """One SQLite database; use from one thread (the server's event loop)."""
+    """One SQLite database (a :class:`~dfachat.server.storage.Storage`); use from one thread
+    (the server's event loop), except :func:`verify_password` which any thread may run."""
 
     ID_BLOCK = 1024
 
