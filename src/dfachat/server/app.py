@@ -131,10 +131,12 @@ class Connection(asyncio.Protocol):
 class ChatServer:
     """The chat server: a :class:`ServerCore` over a storage, its connections and timers."""
 
-    def __init__(self, store: Storage, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self, store: Storage, config: ServerConfig | None = None, *, core_class: type[ServerCore] = ServerCore
+    ) -> None:
         self.store = store
         self.config = config or ServerConfig()
-        self.core = ServerCore(
+        self.core = core_class(
             store,
             self,
             CoreConfig(
