@@ -1,9 +1,10 @@
 """Deliberately broken protocols, built for one test each: the checker catches every one.
 
-Each variant patches the engine's table for the test only (``patch_row``) or
-subclasses the model's server; each must be caught with the expected property
-and a minimal trace -- the breadth-first search bounded one step shorter
-finds nothing.
+Each variant patches the engine's table for the test only (``patch_row``),
+subclasses the server core (the very class the reference server runs, given
+to the model as ``core_class``) or changes the environment (a restart); each
+must be caught with the expected property and a minimal trace -- the
+breadth-first search bounded one step shorter finds nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dfachat.conformance.checker import Model, ModelConfig, check
 from dfachat.conformance.checker.explore import CheckResult
 from dfachat.conformance.checker.model import EvAborted, EvClientReceived
 from dfachat.conformance.checker.report import msc_text
+from dfachat.server.core import CoreConnection, ServerCore
 from dfachat.server.routing import Route
 from dfachat.spec import LeftReason
 
@@ -66,17 +68,19 @@ def test_a_message_accepted_in_the_wrong_state(patch_row: Any) -> None:
     assert result.violations[0].steps[-1].message.NAME == "MSG"
 
 
-class ForgetsLeftOnDrop(Model):
+class ForgetsLeftOnDropCore(ServerCore):
     """A server that announces nobody whose connection dropped."""
 
-    def leave(self, w: Any, i: int, reason: LeftReason) -> None:
-        if reason is not LeftReason.DROPPED:
-            return super().leave(w, i, reason)
-        k = w.cn[i]
-        if k.key is not None and k.online:
-            w.cn[i] = k._replace(online=False)
-            w.srv = w.srv._replace(online=tuple(key for key in w.srv.online if key != k.key))
+    def leave(self, conn: CoreConnection) -> None:
+        if conn.left_reason is not LeftReason.DROPPED:
+            return super().leave(conn)
+        if conn.key is not None:
+            self.presence.remove(conn.key, conn)
         return None
+
+
+class ForgetsLeftOnDrop(Model):
+    core_class = ForgetsLeftOnDropCore
 
 
 def test_a_server_that_forgets_left_on_a_dropped_connection() -> None:
@@ -85,14 +89,18 @@ def test_a_server_that_forgets_left_on_a_dropped_connection() -> None:
     assert any(step.action == "drop" for step in result.violations[0].steps)
 
 
-class DeliversToEveryone(Model):
+class DeliversToEveryoneCore(ServerCore):
     """A server whose routing sends a directed message to everyone online but the sender."""
 
-    def route(self, w: Any, i: int, msg: Any) -> Route[int]:
-        plan = super().route(w, i, msg)
+    def route(self, conn: CoreConnection, recipients: tuple[str, ...]) -> Route[CoreConnection]:
+        plan = super().route(conn, recipients)
         if plan.directed:
-            plan.live = [j for j in w.online_slots() if j != i]
+            plan.live = [c for c in self.presence.sessions() if c is not conn]
         return plan
+
+
+class DeliversToEveryone(Model):
+    core_class = DeliversToEveryoneCore
 
 
 def test_a_server_that_delivers_a_directed_message_to_everyone() -> None:
@@ -124,7 +132,7 @@ def test_finding_a_slow_consumer_cut_hides_the_end_of_a_session() -> None:
     """A real finding (docs/CHECKING.md): the reference server ends a slow consumer (R9.3)
     with transport.abort(), which drops the SLOW_CONSUMER ERROR with the unread output,
     so a client whose QUIT crosses it sees neither BYE nor ERROR (R10.2, R10.4). The
-    model follows app.py; if the server changes, change the model and this test."""
+    model runs the server's core; if the server changes, this test shows it."""
     config = ModelConfig.for_clients(2, capacity=2, aborts=0, wrong_logins=0)
     result = caught(config, "every_quit_gets_bye")
     steps = result.violations[0].steps

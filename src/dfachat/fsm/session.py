@@ -144,7 +144,7 @@ class Session:
         ) = snapshot
         session._decoder = FrameDecoder(snapshot.encoding, max_frame=limits.max_frame)
         session._eof = False
-        session._close_reported = snapshot.state == _CLOSED
+        session._close_reported = False  # an end of input is still reported, once
         session.limits = limits
         return session
 

@@ -64,7 +64,7 @@ from dfachat.fsm import (
     SessionSnapshot,
     make_error,
 )
-from dfachat.server.routing import reencode, route
+from dfachat.server.routing import Route, reencode, route
 from dfachat.server.storage import Account, Presence, Storage, name_key
 from dfachat.server.tls import looks_like_tls
 from dfachat.spec import (
@@ -215,6 +215,7 @@ class ServerCore:
     """The server's decisions over a :class:`Storage`, a :class:`Presence` and an :class:`Effects`."""
 
     handlers: dict[int, str]  # message type -> name of its handler method (from the spec)
+    _handler_functions: dict[int, Callable[..., None]]  # the same, as this class's functions
 
     def __init__(
         self,
@@ -237,7 +238,6 @@ class ServerCore:
         self.logins_by_address: dict[str, deque[float]] = {}  # times of recent PASS frames (R9.5)
         self.shutting_down = False
         self._next_id = 1
-        self._dispatch = {code: getattr(self, name) for code, name in self.handlers.items()}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -360,7 +360,7 @@ class ServerCore:
         conn.pinged = False
         try:
             if isinstance(event, Message):
-                self._dispatch[event.TYPE](conn, event, now)
+                self._handler_functions[event.TYPE](self, conn, event, now)
             elif isinstance(event, ProtocolViolation):
                 self.protocol_violation(conn, event)
             elif isinstance(event, ConnectionClosed):
@@ -654,7 +654,7 @@ class ServerCore:
 
     def on_MSG(self, conn: CoreConnection, msg: Message, now: float) -> None:
         sender = conn.session.user or ""
-        plan = route(conn.key or "", msg.recipients, self.presence.by_key, self._account_name, name_key)
+        plan = self.route(conn, msg.recipients)
         server_msg_id = self.storage.next_msg_id()
         timestamp = int(now * 1000) + self.config.clock_offset_ms
         flags = DeliverFlags.DIRECTED if plan.directed else DeliverFlags(0)
@@ -699,11 +699,15 @@ class ServerCore:
             self._log(
                 DEBUG, "routed", f"connection {conn.id}: message {server_msg_id} to {delivered} now, {len(stored_keys)} stored",
                 conn=conn.id, sender=conn.key or "", sender_name=sender, recipients=tuple(msg.recipients),
-                text=msg.text, online=self.presence.keys(), live=tuple(live_keys), stored=tuple(stored_keys),
+                msg_text=msg.text, online=self.presence.keys(), live=tuple(live_keys), stored=tuple(stored_keys),
                 server_msg_id=server_msg_id, results=tuple((r.name, int(r.outcome)) for r in results),
                 delivered=delivered, lossy=lossy,
             )
         self.send(conn, MSG_ACK(msg_id=msg.msg_id, server_msg_id=server_msg_id, delivered=delivered, lossy=lossy, results=results))
+
+    def route(self, conn: CoreConnection, recipients: tuple[str, ...]) -> Route[CoreConnection]:
+        """Where a MSG from ``conn`` goes (:func:`dfachat.server.routing.route` over who is online)."""
+        return route(conn.key or "", recipients, self.presence.by_key, self._account_name, name_key)
 
     def _account_name(self, key: str) -> str | None:
         account = self.storage.lookup(key)
@@ -748,6 +752,7 @@ def _check_handlers(cls: type[ServerCore]) -> None:
     if missing:
         raise SpecError(f"the server core has no handler for {', '.join(missing)}", rule="R12.1")
     cls.handlers = table
+    cls._handler_functions = {code: getattr(cls, name) for code, name in table.items()}
 
 
 _check_handlers(ServerCore)

@@ -88,6 +88,14 @@ class MemoryStore:
         self._stored: list[tuple[str, StoredMessage]] = []  # (recipient_key, message), in order
         self._next_id = next_id
 
+    def copy(self) -> MemoryStore:
+        """Another store with the same accounts (shared: both read them) and content."""
+        other = MemoryStore.__new__(MemoryStore)
+        other._accounts = self._accounts
+        other._stored = list(self._stored)
+        other._next_id = self._next_id
+        return other
+
     # --- snapshots ----------------------------------------------------------------
     def snapshot(self) -> tuple[tuple[tuple[str, StoredMessage], ...], int]:
         """(stored messages with their recipient keys, the next message id): hashable."""

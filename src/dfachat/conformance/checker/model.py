@@ -23,16 +23,20 @@ properties need: every MSG with its MSG_ACK, and which account was sent which
 DELIVER). History splits states that are otherwise equal, so it is kept to what
 a property cannot judge from one step: see :class:`Ghost`.
 
-No protocol rule is restated here. What a client may send in a state is
-``ClientSession._table.send[state]`` (the engine's table, generated from the
-spec) filtered by the engine itself (``send`` raises when a guard or the codec
-refuses); what either side may receive, the engines decide; the values come
-from :class:`Domain`, the one place they are given. What *is* restated is the
-server's behaviour around its engine: the handlers mirror
-:class:`dfachat.server.app.ChatServer` handler by handler, and use the same
-routing functions (:func:`~dfachat.server.routing.route`,
-:func:`~dfachat.server.routing.reencode`) and the same push rule (the states
-where DELIVER, JOINED and LEFT are unguarded internal sends, read from the table).
+Neither the protocol nor the server is restated here. What a client may send
+in a state is ``ClientSession._table.send[state]`` (the engine's table,
+generated from the spec) filtered by the engine itself (``send`` raises when a
+guard or the codec refuses); what either side may receive, the engines
+decide; the values come from :class:`Domain`, the one place they are given.
+The server *is* :class:`dfachat.server.core.ServerCore`, the object the
+reference server runs: each server step rebuilds a core from the state's
+components (:meth:`~dfachat.server.core.ServerCore.adopt` for each connection,
+a :class:`~dfachat.server.storage.MemoryStore` for the durable store), feeds it
+one input, and turns its effects (:class:`_WorldEffects`) into channel writes,
+closes and the facts the properties read. What the model adds is only the
+environment: clients, channels, budgets, crashes, restarts, and time (which it
+does not model: ``now`` is always 0, password checks and back-offs finish in
+one step, and the core's back-off and rate records start empty at each step).
 The environment's budgets (drops, timeouts, keep-alives) are per client, so that
 one client's steps never disable another's (see :meth:`Model.successors`).
 
@@ -42,7 +46,7 @@ Steps (each one atomic; every interleaving of them is explored):
   the next frame of its ``s2c`` channel (answering PING with PONG, and closing
   after BYE, a fatal ERROR or a frame its engine rejects, which it answers with
   the engine's fatal ERROR); drop the connection (budget ``aborts``).
-* server, per connection: take the next frame of ``c2s`` and run its handler;
+* server, per connection: take the next frame of ``c2s`` and hand it to the core;
   finish a password check (PASS makes the connection *busy*, as in the server,
   so the check is a step of its own); PING an idle session (budget
   ``server_pings``); IDLE_TIMEOUT (budget ``timeouts``).
@@ -59,46 +63,38 @@ cannot send (flow control).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import logging
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from dfachat.codec import decode_frame, encode
-from dfachat.codec.frames import FrameDecoder
 from dfachat.codec.messages import (  # type: ignore[attr-defined]
-    AUTH_FAILED,
-    AUTH_OK,
-    BYE,
     DELIVER,
     ERROR,
     HELLO,
-    HELLO_OK,
-    JOINED,
-    LEFT,
     LIST,
     MSG,
-    MSG_ACK,
     PASS,
     PING,
     PONG,
     QUIT,
     USER,
-    USERS,
     Message,
-    RecipientResult,
 )
-from dfachat.errors import DfachatError, LocalProtocolError, SpecError
+from dfachat.errors import LocalProtocolError, SpecError
 from dfachat.fsm import (
     ClientSession,
     ConnectionClosed,
     ProtocolViolation,
     ServerSession,
+    SessionSnapshot,
     make_error,
 )
-from dfachat.server.routing import reencode, route
+from dfachat.server.core import PUSHABLE, ConnectionSnapshot, CoreConfig, CoreConnection, ServerCore
+from dfachat.server.storage import MemoryStore, StoredMessage
 from dfachat.spec import (
     CLOSED_TRIGGER,
     ENCODINGS,
@@ -108,13 +104,9 @@ from dfachat.spec import (
     MESSAGES,
     MESSAGES_BY_CODE,
     SUPPORTED_VERSIONS,
-    ByeReason,
-    DeliverFlags,
     ErrorCode,
     ErrorFlags,
-    LeftReason,
     ListFlags,
-    Outcome,
 )
 
 __all__ = [
@@ -325,14 +317,28 @@ class Client(NamedTuple):
 
 
 class Conn(NamedTuple):
-    """The server's side of one connection: the engine's fields and what the server keeps."""
+    """The server's side of one connection: the core's :class:`ConnectionSnapshot` (its
+    engine and what the server keeps beside it) and what the world keeps about it."""
 
-    engine: tuple[Any, ...]  # ServerSession snapshot
-    key: str | None  # account key once logged in
-    online: bool  # this connection is the account's online session
-    login_name: str | None  # the name USER asked for (R6.2)
-    pending: str | None  # the password being checked: the connection is busy
-    pinged: bool
+    core: ConnectionSnapshot
+    online: bool  # this connection is the account's online session (the core's presence)
+    pending: tuple[str, str] | None  # (name, password) being checked: the connection is busy
+
+    @property
+    def engine(self) -> SessionSnapshot:
+        return self.core.session
+
+    @property
+    def key(self) -> str | None:
+        return self.core.key
+
+    @property
+    def login_name(self) -> str | None:
+        return self.core.login_name
+
+    @property
+    def pinged(self) -> bool:
+        return self.core.pinged
 
 
 class Stored(NamedTuple):
@@ -510,16 +516,8 @@ class EvInternalError(NamedTuple):
 # --- the model -----------------------------------------------------------------------------
 
 
-def _snapshot(session: Any) -> tuple[Any, ...]:
-    return (
-        session._state,
-        session._encoding,
-        session._stopped,
-        session.version,
-        session.user,
-        session.failed_logins,
-        session.offered_versions,
-    )
+def _snapshot(session: Any) -> SessionSnapshot:
+    return session.snapshot()
 
 
 @dataclass(slots=True)
@@ -530,7 +528,10 @@ class Coverage:
 
 
 class Model:
-    """The transition relation. Subclass and override a handler to build a broken variant."""
+    """The transition relation. A broken server is a :class:`ServerCore` subclass given as
+    ``core_class`` (on a subclass of this); a broken environment overrides a step."""
+
+    core_class: type[ServerCore] = ServerCore
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
@@ -554,20 +555,20 @@ class Model:
         )
         self.server_table = ServerSession._table
         self.client_table = ClientSession._table
-        # The push rule of the server (app._PUSHABLE), read from the table the same way.
-        t = self.server_table
-        self.pushable = (
-            t.internal_sends(DELIVER.TYPE)
-            & t.internal_sends(JOINED.TYPE)
-            & t.internal_sends(LEFT.TYPE)
-        )
+        self.pushable = PUSHABLE  # where the core may push (and PING): its rule, not a copy
         self.waiting = frozenset(  # client states that send nothing but answers or a last ERROR
             state
             for state, row in self.client_table.send.items()
             if row and set(row) <= {PONG.TYPE, ERROR.TYPE}
         )
-        self.handlers = self._dispatch_table()
         self.values = self._domain_table()
+        self.core_config = CoreConfig(
+            limits=self.limits, software=domain.software, log_level=logging.DEBUG
+        )
+        self.accounts_store = MemoryStore(config.registered)
+        # A connection as the core opens it, before anything is received.
+        opened = ServerCore(MemoryStore(), _NoEffects(), self.core_config)
+        self.new_conn = Conn(opened.connection_opened(None, _ADDRESS, _ADDRESS, 0.0).snapshot(), False, None)
         self._give_up = [make_error(ErrorCode.INTERNAL_ERROR, "the client gives up", fatal=True)]
         self.coverage = Coverage()
         self._ids: dict[Any, int] = {}
@@ -577,7 +578,7 @@ class Model:
         self._private_memo: dict[Any, Any] = {}
         self._channel_ids: dict[int, frozenset[int]] = {}
         self._recv_memo: dict[Any, Any] = {}
-        self._decoder = FrameDecoder("utf-8", max_frame=self.limits.max_frame)
+        self._server_memo: dict[Any, Any] = {}
         self.groups = config.groups()
         for spec in config.clients:
             if spec.encoding not in ENCODINGS:
@@ -586,22 +587,7 @@ class Model:
                 )
         del domain
 
-    # --- one place per message type: handlers and values, checked against the spec --------
-    def _dispatch_table(self) -> dict[int, Callable[[_World, int, Message], None]]:
-        table, missing = {}, []
-        for spec in MESSAGES:
-            if spec.sent_by_client:
-                handler = getattr(self, f"on_{spec.name}", None)
-                if handler is None:
-                    missing.append(spec.name)
-                else:
-                    table[spec.code] = handler
-        if missing:
-            raise SpecError(
-                f"the model server has no handler for {', '.join(missing)}", rule="R12.1"
-            )
-        return table
-
+    # --- one place per message type: the values a client may send, checked against the spec ----
     def _domain_table(self) -> dict[int, Callable[[Client, int], list[Message]]]:
         table, missing = {}, []
         for spec in MESSAGES:
@@ -720,27 +706,16 @@ class Model:
         return decode_frame(item, encoding)
 
     # --- engines -----------------------------------------------------------------------------
-    def _restore(self, cls: type, snap: tuple[Any, ...]) -> Any:
-        session = cls.__new__(cls)
-        (
-            session._state,
-            session._encoding,
-            session._stopped,
-            session.version,
-            session.user,
-            session.failed_logins,
-            session.offered_versions,
-        ) = snap
-        decoder = self._decoder
-        if decoder.failed is not None:
-            decoder = self._decoder = FrameDecoder("utf-8", max_frame=self.limits.max_frame)
-        decoder.discard()
-        decoder.encoding = snap[1]
-        session._decoder = decoder
-        session._eof = False
-        session._close_reported = False
-        session.limits = self.limits
-        return session
+    def _restore(self, cls: type, snap: SessionSnapshot) -> Any:
+        return cls.restore(snap, limits=self.limits)
+
+    def branch_index(self, role: str, state: str, message: Message, after: str) -> int:
+        """Which of the table's rows for sending ``message`` in ``state`` led to ``after``."""
+        table = self.server_table if role == "server" else self.client_table
+        for index, branch in enumerate(table.send[state].get(message.TYPE, ())):
+            if (branch.dest or state) == after:
+                return index
+        return 0
 
     def _branch(self, role: str, rows: Any, session: Any, message: Message) -> int | None:
         for index, branch in enumerate(rows[session._state].get(message.TYPE, ())):
@@ -1045,15 +1020,20 @@ class Model:
     ) -> tuple[Step, tuple[int, ...]] | None:
         w = _World(self, state, decoded)
         w.message = message
-        try:
-            if i is None:
-                run(w)
-            else:
-                run(w, i)
-        except _Blocked:
-            return None
+        if actor == "server" and action in _MEMOIZED:
+            self._server_step(w, state, i, action, run)
+        else:
+            try:
+                if i is None:
+                    run(w)
+                else:
+                    run(w, i)
+            except _Blocked:
+                return None
         if actor == "server":
             self.slow_consumers(w)
+            if w.has_core:
+                self.read_back(w)
             if w.g.log or w.g.written:
                 self.collect(w)
             store = decoded[4].store
@@ -1065,6 +1045,29 @@ class Model:
                     )
                 )
         return Step(actor, i, action, w.message, tuple(w.events), tuple(w.writes)), w.freeze()
+
+    def _server_step(self, w: _World, state: tuple[int, ...], i: int, action: str, run: Callable[..., None]) -> None:
+        """A server step on connection ``i``, run once per input: the core's effects depend only
+        on the server's components (every connection, the store, who is online) and the input,
+        so they are recorded and replayed on the states that share those."""
+        n = self.n
+        key = (action, i, state[4 * i + 2], state[4 * n], *state[1 : 4 * n : 4])
+        hit = self._server_memo.get(key)
+        if hit is None:
+            w.effects.recording = ops = []
+            run(w, i)
+            if w.has_core:
+                self.read_back(w)
+            w.effects.recording = None
+            self._server_memo[key] = (tuple(ops), tuple(w.cn), w.q[i], w.srv, w.message)
+            return
+        ops, cn, q, srv, w.message = hit
+        w.q[i] = q
+        apply = w.effects.apply
+        for op in ops:
+            apply(op)
+        w.cn = list(cn)
+        w.srv = srv
 
     def collect(self, w: _World) -> None:
         """Forget the history of messages that are no longer live (see :class:`Ghost`)."""
@@ -1100,7 +1103,7 @@ class Model:
             view=(),
             collecting=False,
         )
-        w.cn[i] = Conn(_snapshot(ServerSession(limits=self.limits)), None, False, None, None, False)
+        w.cn[i] = self.new_conn
         w.q[i] = ()
         w.r[i] = ()
 
@@ -1237,14 +1240,14 @@ class Model:
         if snap[0] == _CLOSED:
             self.client_close(w, i, None)
 
-    # --- server steps: the reference server's handlers, one by one ------------------------------
+    # --- server steps: the server core, fed one input each ----------------------------------------
     def serve(self, w: _World, i: int) -> None:
-        """Connection.process: take the next event and answer it."""
+        """The shell's data_received: take the next frame and hand the core its event."""
         k = w.cn[i]
         item, w.q[i] = w.q[i][0], w.q[i][1:]
         event, message, snap = self.engine_receive(ServerSession, k.engine, item)
         w.message = message
-        w.cn[i] = k._replace(engine=snap, pinged=False)
+        w.cn[i] = k._replace(core=k.core._replace(session=snap, pinged=False))
         accepted = event is message or event is None
         rule = event.rule if isinstance(event, ProtocolViolation) else None
         w.events.append(
@@ -1257,37 +1260,31 @@ class Model:
                 isinstance(item, Malformed),
             )
         )
-        try:
-            if isinstance(event, ConnectionClosed):
-                self.peer_closed(w, i)
-            elif isinstance(event, ProtocolViolation):
-                self.protocol_violation(w, i, event)
-            elif event is not None:
-                self.handlers[event.TYPE](w, i, event)
-        except DfachatError as err:  # Connection.process: a bug of ours ends this session (R11.4)
-            self.internal_error(w, i, err)
+        if event is not None:
+            w.core.handle(w.conn(i), event, 0.0)
 
-    def conn_send(self, w: _World, i: int, message: Message) -> None:
-        """Connection.send: run the message through the engine and queue its frame."""
-        k = w.cn[i]
-        state = k.engine[0]
-        item, snap = self.engine_send(ServerSession, k.engine, message)
-        w.cn[i] = k._replace(engine=snap)
-        w.write(i, item, message, state, self.server_table.states[state].authenticated)
+    def authenticate(self, w: _World, i: int) -> None:
+        """The password check the core asked for has finished (and any back-off with it)."""
+        name, password = w.cn[i].pending
+        w.cn[i] = w.cn[i]._replace(pending=None)
+        w.effects.credentials[i] = (name, password)
+        conn = w.conn(i)
+        w.core.password_checked(conn, w.core.storage.verify(name, password), 0.0)
+        if i in w.effects.backoffs:  # time is not modelled: the back-off elapses at once
+            w.effects.backoffs.discard(i)
+            w.core.backoff_elapsed(conn, 0.0)
 
-    def push(self, w: _World, i: int, message: Message) -> None:
-        """A push (DELIVER, JOINED, LEFT) queued without the engine, as push_all and on_MSG do."""
-        k = w.cn[i]
-        state = k.engine[0]
-        item = encode(message, k.engine[1])
-        self.coverage.taken.add(("server", state, f"send_{message.NAME}", 0))
-        w.write(
-            i,
-            item if self.config.wire else message,
-            message,
-            state,
-            self.server_table.states[state].authenticated,
-        )
+    def connection_lost(self, w: _World, i: int) -> None:
+        """The transport is lost while the connection waits for its password check."""
+        w.message = None
+        state = w.cn[i].engine[0]
+        w.events.append(EvServerReceived(i, None, state, True, None))
+        self.coverage.taken.add(("server", state, CLOSED_TRIGGER, 0))
+        w.core.connection_lost(w.conn(i), 0.0)
+        w.cn[i] = None
+        w.q[i] = ()
+        if w.cl[i].open:
+            w.r[i] = (*w.r[i], EOF)
 
     def close_transport(self, w: _World, i: int) -> None:
         """The server closes its end: the client reads what was written, then EOF."""
@@ -1297,359 +1294,190 @@ class Model:
             w.r[i] = (*w.r[i], EOF)
         w.writes.append((i, None, w.cl[i].open))
 
-    def end(self, w: _World, i: int, error: Message | None, reason: LeftReason) -> None:
-        """Connection.end: an optional last frame, close the session, leave, close."""
-        k = w.cn[i]
-        if error is not None and k.engine[0] != _CLOSED:
-            try:
-                self.conn_send(w, i, error)
-            except LocalProtocolError:
-                w.cn[i] = w.cn[i]._replace(engine=self.engine_close(ServerSession, w.cn[i].engine))
-        if w.cn[i].engine[0] != _CLOSED:
-            w.cn[i] = w.cn[i]._replace(engine=self.engine_close(ServerSession, w.cn[i].engine))
-        self.leave(w, i, reason)
-        self.close_transport(w, i)
-
-    def leave(self, w: _World, i: int, reason: LeftReason) -> None:
-        """ChatServer.leave: off the online list; LEFT to every other online session, once (R8.2)."""
-        k = w.cn[i]
-        if k.key is None or not k.online:
-            return
-        w.cn[i] = k._replace(online=False)
-        w.srv = w.srv._replace(online=tuple(key for key in w.srv.online if key != k.key))
-        self.push_all(w, LEFT(reason=reason, name=k.engine[4] or k.key), exclude=None)
-
-    def push_all(self, w: _World, message: Message, *, exclude: int | None) -> None:
-        for j in w.online_slots():
-            if j != exclude and w.cn[j].engine[0] in self.pushable:
-                self.push(w, j, message)
-
-    def peer_closed(self, w: _World, i: int) -> None:
-        self.end(w, i, None, LeftReason.DROPPED)
-
-    def connection_lost(self, w: _World, i: int) -> None:
-        """Connection.connection_lost while busy: session closed, leave, forget the connection."""
-        w.message = None
-        k = w.cn[i]
-        w.events.append(EvServerReceived(i, None, k.engine[0], True, None))
-        w.cn[i] = k._replace(engine=self.engine_close(ServerSession, k.engine))
-        self.leave(w, i, LeftReason.DROPPED)
-        w.cn[i] = None
-        w.q[i] = ()
-        if w.cl[i].open:
-            w.r[i] = (*w.r[i], EOF)
-
-    def protocol_violation(self, w: _World, i: int, event: ProtocolViolation) -> None:
-        if event.fatal:
-            self.end(w, i, event.reply, LeftReason.ERROR)
-        else:
-            self.conn_send(w, i, event.reply)
-
-    def internal_error(self, w: _World, i: int, err: Exception) -> None:
-        w.events.append(EvInternalError(i, str(err)))
-        if w.cn[i] is not None:
-            self.end(
-                w,
-                i,
-                make_error(ErrorCode.INTERNAL_ERROR, "the server failed handling your frame"),
-                LeftReason.ERROR,
-            )
-
-    def on_HELLO(self, w: _World, i: int, hello: Message) -> None:
-        common = set(hello.versions) & set(SUPPORTED_VERSIONS)
-        if not common:
-            self.end(
-                w,
-                i,
-                make_error(ErrorCode.UNSUPPORTED_VERSION, "no common version", rule="R5.2"),
-                LeftReason.ERROR,
-            )
-        elif hello.encoding not in ENCODINGS:
-            self.end(
-                w,
-                i,
-                make_error(ErrorCode.UNSUPPORTED_ENCODING, "no such encoding"),
-                LeftReason.ERROR,
-            )
-        else:
-            limits = self.limits
-            self.conn_send(
-                w,
-                i,
-                HELLO_OK(
-                    version=max(common),
-                    max_frame=limits.max_frame,
-                    max_text=limits.max_text,
-                    idle_timeout_s=limits.idle_timeout_s,
-                    max_recipients=limits.max_recipients,
-                    login_attempts=limits.login_attempts,
-                    encoding=hello.encoding,
-                    software=self.config.domain.software,
-                ),
-            )
-
-    def on_USER(self, w: _World, i: int, user: Message) -> None:
-        w.cn[i] = w.cn[i]._replace(login_name=user.name)  # no answer (R6.2)
-
-    def on_PASS(self, w: _World, i: int, password: Message) -> None:
-        w.cn[i] = w.cn[i]._replace(pending=password.password)  # busy until the check is done
-
-    def authenticate(self, w: _World, i: int) -> None:
-        """ChatServer._authenticate: the password check (and back-off) has finished."""
-        k = w.cn[i]
-        w.cn[i] = k._replace(pending=None)
-        name = k.login_name or ""
-        account = self.accounts.get(name_key(name))
-        try:
-            if account is not None and account[1] == k.pending:
-                self.login(w, i, account[0], name_key(name), k)
-            else:
-                self.login_failed(w, i)
-        except DfachatError as err:
-            self.internal_error(w, i, err)
-
-    def login_failed(self, w: _World, i: int) -> None:
-        k = w.cn[i]
-        left = max(self.limits.login_attempts - k.engine[5] - 1, 0)
-        self.conn_send(w, i, AUTH_FAILED(attempts_left=left))
-        if w.cn[i].engine[0] == _CLOSED:
-            self.close_transport(w, i)
-
-    def login(self, w: _World, i: int, name: str, key: str, k: Conn) -> None:
-        for j in w.online_slots():
-            if w.cn[j].key == key:  # R6.6: the new session wins
-                self.end(
-                    w,
-                    j,
-                    make_error(
-                        ErrorCode.SESSION_REPLACED, f"{name} logged in from another session"
-                    ),
-                    LeftReason.REPLACED,
-                )
-        w.cn[i] = w.cn[i]._replace(key=key, online=True)
-        others = [w.cn[j].engine[4] or w.cn[j].key for j in w.online_slots()]
-        w.srv = w.srv._replace(online=(*w.srv.online, key))
-        names = [*others, name]
-        size = self.limits.max_names_per_frame
-        pages = [tuple(names[p : p + size]) for p in range(0, len(names), size)] or [()]
-        w.events.append(EvLogin(i, name, k.login_name, k.pending or ""))
-        self.conn_send(
-            w,
-            i,
-            AUTH_OK(
-                flags=ListFlags.MORE if len(pages) > 1 else ListFlags(0), name=name, online=pages[0]
-            ),
-        )
-        for p, page in enumerate(pages[1:], 2):
-            self.conn_send(
-                w, i, USERS(flags=ListFlags.MORE if p < len(pages) else ListFlags(0), online=page)
-            )
-        self.push_all(w, JOINED(name=name), exclude=i)
-        self.deliver_stored(w, i, key)
-
-    def deliver_stored(self, w: _World, i: int, key: str) -> None:
-        stored = [item for item in w.srv.store if item.key == key]
-        if not stored:
-            return
-        encoding = w.cn[i].engine[1]
-        for item in stored:
-            text, replaced = reencode(item.text, encoding)
-            flags = DeliverFlags(item.flags) | DeliverFlags.STORED
-            if replaced:
-                flags |= DeliverFlags.LOSSY
-            self.conn_send(
-                w,
-                i,
-                DELIVER(
-                    server_msg_id=item.server_msg_id,
-                    timestamp_ms=0,
-                    flags=flags,
-                    sender=item.sender,
-                    text=text,
-                ),
-            )
-        self.forget(w, key, stored)
-
-    def forget(self, w: _World, key: str, items: list[Stored]) -> None:
-        """Store.forget: the stored messages were handed to the transport (R7.7)."""
-        w.srv = w.srv._replace(store=tuple(item for item in w.srv.store if item not in items))
-
-    def route(self, w: _World, i: int, msg: Message) -> Any:
-        """routing.route, called as the server calls it: online maps keys to sessions, in login order."""
-        online = {w.cn[j].key: j for j in w.online_slots()}
-        return route(w.cn[i].key or "", msg.recipients, online, self.account_name, name_key)
-
-    def account_name(self, key: str) -> str | None:
-        account = self.accounts.get(key)
-        return account[0] if account else None
-
-    def on_MSG(self, w: _World, i: int, msg: Message) -> None:
-        k = w.cn[i]
-        sender = k.engine[4] or ""
-        online_before = w.srv.online
-        plan = self.route(w, i, msg)
-        server_msg_id = w.srv.next_id
-        w.srv = w.srv._replace(next_id=server_msg_id + 1)
-        flags = DeliverFlags.DIRECTED if plan.directed else DeliverFlags(0)
-        frames: dict[str, tuple[Message, bool]] = {}
-        delivered = lossy = 0
-        lossy_keys: set[str] = set()
-        live: list[str] = []
-        for target in plan.live:
-            encoding = w.cn[target].engine[1]
-            entry = frames.get(encoding)
-            if entry is None:
-                text, replaced = reencode(msg.text, encoding)
-                entry = frames[encoding] = (
-                    DELIVER(
-                        server_msg_id=server_msg_id,
-                        timestamp_ms=0,
-                        flags=flags | DeliverFlags.LOSSY if replaced else flags,
-                        sender=sender,
-                        text=text,
-                    ),
-                    bool(replaced),
-                )
-            if w.cn[target].engine[0] in self.pushable:
-                self.push(w, target, entry[0])
-                live.append(w.cn[target].key or "")
-                delivered += 1
-                if entry[1]:
-                    lossy += 1
-                    lossy_keys.add(w.cn[target].key or "")
-        if plan.stored:  # durable before the MSG_ACK that says QUEUED (R7.7)
-            w.srv = w.srv._replace(
-                store=(
-                    *w.srv.store,
-                    *(
-                        Stored(key, server_msg_id, sender, int(flags), msg.text)
-                        for key, _ in plan.stored
-                    ),
-                )
-            )
-        results = tuple(
-            RecipientResult(
-                name=name,
-                outcome=Outcome.LOSSY
-                if outcome is Outcome.DELIVERED and name_key(name) in lossy_keys
-                else outcome,
-            )
-            for name, outcome in plan.results
-        )
-        w.events.append(
-            EvRouted(
-                i,
-                k.key or "",
-                tuple(msg.recipients),
-                online_before,
-                tuple(live),
-                tuple(key for key, _ in plan.stored),
-                server_msg_id,
-                w.g.last_id,
-                tuple((r.name, int(r.outcome)) for r in results),
-            )
-        )
-        w.g = w.g._replace(
-            last_id=max(w.g.last_id, server_msg_id),
-            log=(
-                *w.g.log,
-                Logged(
-                    server_msg_id,
-                    k.key or "",
-                    sender,
-                    tuple(msg.recipients),
-                    msg.text,
-                    tuple((r.name, int(r.outcome)) for r in results),
-                    delivered,
-                    lossy,
-                ),
-            ),
-        )
-        self.conn_send(
-            w,
-            i,
-            MSG_ACK(
-                msg_id=msg.msg_id,
-                server_msg_id=server_msg_id,
-                delivered=delivered,
-                lossy=lossy,
-                results=results,
-            ),
-        )
-
-    def on_LIST(self, w: _World, i: int, _: Message) -> None:
-        names = [w.cn[j].engine[4] or w.cn[j].key for j in w.online_slots()]
-        size = self.limits.max_names_per_frame
-        pages = [tuple(names[p : p + size]) for p in range(0, len(names), size)] or [()]
-        for p, page in enumerate(pages, 1):
-            self.conn_send(
-                w, i, USERS(flags=ListFlags.MORE if p < len(pages) else ListFlags(0), online=page)
-            )
-
-    def on_PING(self, w: _World, i: int, ping: Message) -> None:
-        self.conn_send(w, i, PONG(nonce=ping.nonce))
-
-    def on_PONG(self, w: _World, i: int, _: Message) -> None:
-        pass  # activity is noted on every frame (R9.2)
-
-    def on_QUIT(self, w: _World, i: int, _: Message) -> None:
-        self.conn_send(w, i, BYE(reason=ByeReason.QUIT))
-        self.leave(w, i, LeftReason.QUIT)
-        self.close_transport(w, i)
-
-    def on_ERROR(self, w: _World, i: int, _: Message) -> None:
-        self.end(w, i, None, LeftReason.ERROR)
-
     # --- server steps: time and resources ------------------------------------------------------
     def server_ping(self, w: _World, i: int) -> None:
         w.cl[i] = w.cl[i]._replace(pinged=w.cl[i].pinged + 1)
-        w.cn[i] = w.cn[i]._replace(pinged=True)
-        message = PING(nonce=self.config.domain.server_nonce)
-        w.message = message
-        self.conn_send(w, i, message)
+        w.core.keepalive(w.conn(i), self.config.domain.server_nonce / 1000)
 
     def idle_timeout(self, w: _World, i: int) -> None:
         w.cl[i] = w.cl[i]._replace(timeouts=w.cl[i].timeouts + 1)
-        self.end(w, i, make_error(ErrorCode.IDLE_TIMEOUT, "nothing received"), LeftReason.TIMEOUT)
+        w.core.timed_out(w.conn(i))
 
     def slow_consumers(self, w: _World) -> None:
-        """ChatServer.slow_consumer for every channel over capacity (R9.3): ERROR, leave, abort."""
+        """The core's slow_consumer for every channel over capacity (R9.3)."""
         capacity = self.config.capacity
         again = True
         while again:
             again = False
             for j in range(self.n):
                 if w.cn[j] is not None and len(w.r[j]) > capacity:
-                    self.end(
-                        w,
-                        j,
-                        make_error(
-                            ErrorCode.SLOW_CONSUMER, "your unread output exceeded the limit"
-                        ),
-                        LeftReason.ERROR,
-                    )
-                    if w.cl[j].open:
-                        w.events.append(EvAborted(j, len(w.r[j]) - 1))
-                        w.r[j] = (EOF,)  # transport.abort(): the unsent output is dropped
+                    w.core.slow_consumer(w.conn(j))
                     again = True
 
     def restart(self, w: _World) -> None:
-        """ChatServer.shutdown, then a new server on the same store (R10.3, R7.3, R7.7)."""
+        """The core's shutdown, then a new core on the same store (R10.3, R7.3, R7.7)."""
+        w.core.shutdown()
+        self.read_back(w)
+        w.drop_core()  # the next core starts empty but for the store
         w.srv = w.srv._replace(restarts=w.srv.restarts + 1)
-        for j in range(self.n):
-            k = w.cn[j]
-            if k is None:
-                continue
-            if k.engine[0] != _CLOSED:
-                with contextlib.suppress(LocalProtocolError):
-                    self.conn_send(w, j, BYE(reason=ByeReason.SHUTDOWN))
-            w.cn[j] = w.cn[j]._replace(online=False)
-            self.close_transport(w, j)
         self.restarted(w)
 
     def restarted(self, w: _World) -> None:
         """What the new server starts with: nobody online; the store and the id counter as they were."""
         w.srv = w.srv._replace(online=())
+        w.cn = [None if k is None else k._replace(online=False) for k in w.cn]
+
+    # --- the core, rebuilt from a state -----------------------------------------------------------
+    def build_core(self, w: _World) -> ServerCore:
+        """A core holding exactly what the state's server components say."""
+        srv = w.srv
+        storage = self.accounts_store.copy().restore(
+            (
+                tuple(
+                    (item.key, StoredMessage((item.key, item.server_msg_id), item.server_msg_id, 0, item.sender, item.flags, item.text))
+                    for item in srv.store
+                ),
+                srv.next_id,
+            )
+        )
+        core = self.core_class(storage, w.effects, self.core_config)
+        conns = w.effects.conns
+        for j, k in enumerate(w.cn):
+            if k is not None:
+                conns[j] = core.adopt(j, k.core, address=_ADDRESS)
+                w.effects.states[j] = k.engine[0]
+        for key in srv.online:
+            for j, k in enumerate(w.cn):
+                if k is not None and k.online and k.key == key:
+                    core.presence.add(key, conns[j])
+                    break
+        return core
+
+    def read_back(self, w: _World) -> None:
+        """The core's state after a step, into the state's components."""
+        core = w.core
+        presence = core.presence
+        for j, conn in w.effects.conns.items():
+            k = w.cn[j]
+            if k is None or conn.closed:
+                continue
+            snap = conn.snapshot()
+            online = conn.key is not None and presence.get(conn.key) is conn
+            if snap != k.core or online != k.online:
+                w.cn[j] = k._replace(core=snap, online=online)
+        store, next_id = core.storage.snapshot()  # type: ignore[attr-defined]
+        stored = tuple(Stored(key, m.server_msg_id, m.sender, m.flags, m.text) for key, m in store)
+        online_keys = presence.keys()
+        if stored != w.srv.store or next_id != w.srv.next_id or online_keys != w.srv.online:
+            w.srv = w.srv._replace(online=online_keys, store=stored, next_id=next_id)
+
+
+_ADDRESS = "127.0.0.1"  # every model client connects from one address
+_MEMOIZED = frozenset({"serve", "auth"})  # server steps whose core effects are replayed (Model._server_step)
+
+
+class _WorldEffects:
+    """The core's effects in the model's world: channel writes, closes, and facts for the properties.
+
+    Each effect becomes an *op* (a tuple naming slots, not core objects) applied to the world;
+    while ``recording`` is a list, ops are also kept there, to replay the step elsewhere."""
+
+    __slots__ = ("w", "m", "conns", "states", "credentials", "backoffs", "recording")
+
+    def __init__(self, w: _World, model: Model) -> None:
+        self.w = w
+        self.m = model
+        self.conns: dict[int, CoreConnection] = {}  # slot -> the core's connection
+        self.states: dict[int, str] = {}  # slot -> its engine's state before the next send
+        self.credentials: dict[int, tuple[str, str]] = {}  # slot -> the login being checked
+        self.backoffs: set[int] = set()
+        self.recording: list[tuple[Any, ...]] | None = None
+
+    # --- Effects ------------------------------------------------------------------------------
+    def send(self, conn: CoreConnection, message: Message, frame: bytes) -> None:
+        i = conn.handle
+        before = self.states[i]
+        after = self.states[i] = conn.session._state
+        self.apply(("send", i, message, frame, before, after, conn.key))
+
+    def close(self, conn: CoreConnection, abort: bool) -> None:
+        i = conn.handle
+        state = self.states[i]
+        self.states[i] = _CLOSED
+        self.apply(("close", i, abort, state))
+
+    def check_password(self, conn: CoreConnection, name: str, password: str) -> None:
+        self.apply(("check", conn.handle, name, password))
+
+    def start_backoff(self, conn: CoreConnection, delay_ms: int) -> None:
+        self.backoffs.add(conn.handle)
+
+    def log(self, level: int, event: str, text: str, fields: dict[str, Any]) -> None:
+        if event == "routed":
+            self.apply(("routed", self._slot(fields["conn"]), fields))
+        elif event == "login":
+            i = self._slot(fields["conn"])
+            name, password = self.credentials.get(i, (fields.get("login_name"), ""))
+            self.apply(("login", i, fields["user"], name, password))
+        elif event == "internal_error":
+            self.apply(("internal", self._slot(fields["conn"]), str(fields.get("exc"))))
+
+    def _slot(self, conn_id: int) -> int:
+        return next(j for j, conn in self.conns.items() if conn.id == conn_id)
+
+    # --- ops on the world -------------------------------------------------------------------------
+    def apply(self, op: tuple[Any, ...]) -> None:
+        if self.recording is not None:
+            self.recording.append(op)
+        w = self.w
+        m = self.m
+        kind, i = op[0], op[1]
+        if kind == "send":
+            _, _, message, frame, before, after, key = op
+            m.coverage.taken.add(("server", before, f"send_{message.NAME}", m.branch_index("server", before, message, after)))
+            if message.NAME == "PING" and w.message is None:
+                w.message = message
+            w.write(i, frame if m.config.wire else message, message, before, m.server_table.states[before].authenticated, key)
+        elif kind == "close":
+            if op[3] != _CLOSED:
+                m.coverage.taken.add(("server", op[3], CLOSED_TRIGGER, 0))
+            m.close_transport(w, i)
+            if op[2] and w.cl[i].open:  # transport.abort(): the unsent output is dropped
+                w.events.append(EvAborted(i, len(w.r[i]) - 1))
+                w.r[i] = (EOF,)
+        elif kind == "check":
+            if w.cn[i] is not None:
+                w.cn[i] = w.cn[i]._replace(pending=(op[2], op[3]))
+        elif kind == "routed":
+            fields = op[2]
+            w.events.append(
+                EvRouted(
+                    i,
+                    fields["sender"],
+                    fields["recipients"],
+                    fields["online"],
+                    fields["live"],
+                    fields["stored"],
+                    fields["server_msg_id"],
+                    w.g.last_id,
+                    fields["results"],
+                )
+            )
+            logged = Logged(
+                fields["server_msg_id"],
+                fields["sender"],
+                fields["sender_name"],
+                fields["recipients"],
+                fields["msg_text"],
+                fields["results"],
+                fields["delivered"],
+                fields["lossy"],
+            )
+            w.g = w.g._replace(last_id=max(w.g.last_id, logged.server_msg_id), log=(*w.g.log, logged))
+        elif kind == "login":
+            w.events.append(EvLogin(i, op[2], op[3], op[4]))
+        elif kind == "internal":
+            w.events.append(EvInternalError(i, op[2]))
 
 
 class _Blocked(Exception):
@@ -1672,6 +1500,8 @@ class _World:
         "writes",
         "message",
         "_orig",
+        "_core",
+        "effects",
     )
 
     def __init__(self, model: Model, state: tuple[int, ...], decoded: Any) -> None:
@@ -1688,6 +1518,27 @@ class _World:
         self.writes: list[tuple[int, Message | None, bool]] = []
         self.message: Message | None = None
         self._orig = decoded
+        self._core: ServerCore | None = None
+        self.effects = _WorldEffects(self, model)
+
+    @property
+    def core(self) -> ServerCore:
+        """The server core as this state has it, built on first use."""
+        if self._core is None:
+            self._core = self.m.build_core(self)
+        return self._core
+
+    @property
+    def has_core(self) -> bool:
+        return self._core is not None
+
+    def drop_core(self) -> None:
+        self._core = None
+        self.effects = _WorldEffects(self, self.m)
+
+    def conn(self, i: int) -> CoreConnection:
+        """The core's connection for client ``i``."""
+        return self.core.connections[self.effects.conns[i].id]
 
     def online_slots(self) -> list[int]:
         """The online connections, in login order (the server's ``online`` dict)."""
@@ -1699,11 +1550,13 @@ class _World:
                     break
         return out
 
-    def write(self, i: int, item: Any, message: Message, state: str, authenticated: bool) -> None:
-        self.events.append(EvWritten(i, message, state, authenticated, self.cn[i].key))
+    def write(
+        self, i: int, item: Any, message: Message, state: str, authenticated: bool, key: str | None
+    ) -> None:
+        self.events.append(EvWritten(i, message, state, authenticated, key))
         self.writes.append((i, message, self.cl[i].open))
         if message.NAME == "DELIVER":
-            entry = (message.server_msg_id, self.cn[i].key or "")
+            entry = (message.server_msg_id, key or "")
             self.g = self.g._replace(written=tuple(sorted((*self.g.written, entry))))
         if self.cl[i].open:
             self.r[i] = (*self.r[i], item)
@@ -1836,3 +1689,13 @@ class View:
             if entry.server_msg_id == server_msg_id:
                 return entry
         return None
+
+
+class _NoEffects:
+    """For a core that only opens a connection (the model's template of a new one)."""
+
+    def send(self, *args: Any) -> None: ...
+    def close(self, *args: Any) -> None: ...
+    def check_password(self, *args: Any) -> None: ...
+    def start_backoff(self, *args: Any) -> None: ...
+    def log(self, *args: Any) -> None: ...
