@@ -177,12 +177,15 @@ def typing_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_document_has_the_worked_example() -> None:
     files = {rel for rel, _, _ in examples()}
-    # the spec, one server handler, one client handler, and the checker's model: nothing else
+    # the spec, one server handler (in the core), one client handler, and the checker's values:
+    # nothing else -- in particular no server code in the checker
     assert files == {
         "src/dfachat/spec/rules.py", "src/dfachat/spec/messages.py", "src/dfachat/spec/machine.py",
-        "src/dfachat/server/app.py", "src/dfachat/client/library.py",
+        "src/dfachat/server/core.py", "src/dfachat/client/library.py",
         "src/dfachat/conformance/checker/model.py",
     }
+    model_blocks = [block for rel, _, block in examples() if rel.endswith("checker/model.py")]
+    assert len(model_blocks) == 1 and "def values_TYPING" in model_blocks[0]
 
 
 def test_adding_typing_reaches_every_part(typing_tree: Path) -> None:
