@@ -1,19 +1,29 @@
 """Faulty servers: the reference server with one fault injected each, to prove the fuzzer works.
 
-Each fault is a subclass of :class:`dfachat.server.ChatServer` that overrides
-one behaviour; nothing here ships in the product (there is no fault switch
-in ``dfachat``). Three mechanisms keep each fault a few lines:
+Everything the server decides is in :class:`dfachat.server.core.ServerCore`
+and :class:`dfachat.server.ChatServer` is only its asyncio shell, so a fault is
+a subclass of one of the two, run as ``ChatServer(store, config,
+core_class=...)`` (:meth:`Fault.build`); nothing here ships in the product
+(there is no fault switch in ``dfachat``). Three mechanisms keep each fault a
+few lines:
 
-* :meth:`FaultyServer.rewrite` sees every frame queued to a connection and
-  returns the frames to send instead (none, the same twice, a changed copy);
-* :func:`routing_by` swaps the routing function ``on_MSG`` calls, for that
-  call only (the handler runs synchronously, so nothing else sees it);
-* plain overrides of a handler or of ``_login``, ``_deliver_stored``, ``sweep``.
+* a fault in a decision overrides the core method that makes it: a handler
+  (``on_QUIT``, ``on_PING`` ...), ``route``, ``password_checked``, ``login``,
+  ``deliver_stored``, ``push_all`` (JOINED and LEFT), ``send`` (the replies),
+  ``protocol_violation``, ``tick``;
+* :meth:`RewritingCore.rewrite` sees every message the core sends, at its
+  :class:`~dfachat.server.core.Effects` seam, and returns the messages to send
+  instead (none, the same twice, a changed copy): for the DELIVERs, which the
+  core builds inside ``on_MSG`` and ``deliver_stored``;
+* a fault on the wire, below every decision, is a shell: :meth:`FaultyShell.rewrite`
+  sees every encoded frame queued to a connection (a broken CRC).
 
 Every fault names the spec rules a conformance checker should cite when it
 catches it (``Fault.rules``); ``test_fuzz_kills.py`` proves each fault shows
 with a direct probe and that ``dfachat fuzz server`` catches it. :func:`fuzz`
-runs the fuzzer against one (for that test and ``bench/fuzz.py``).
+runs the fuzzer against one (for that test and ``bench/fuzz.py``); the fuzzer's
+in-process tests (``tests/conformance/fuzz/test_server_mode.py``) serve one in
+a thread with :attr:`Fault.shell` and :attr:`Fault.core`.
 
 Run one as a program (the fuzzer's ``--target-cmd``)::
 
@@ -29,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import shlex
@@ -38,13 +47,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dfachat.server.app as app
-from dfachat.codec import decode_frame, encode
+from dfachat.codec import encode
 from dfachat.codec.messages import (  # type: ignore[attr-defined]
     AUTH_OK,
     BYE,
@@ -56,128 +64,150 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
     Message,
 )
 from dfachat.fsm import ProtocolViolation
-from dfachat.server import DEMO_ACCOUNTS, ChatServer, Connection, KdfParams, ServerConfig, Store
-from dfachat.server.routing import Route, route
+from dfachat.server import (
+    DEMO_ACCOUNTS,
+    ChatServer,
+    Connection,
+    CoreConnection,
+    KdfParams,
+    ServerConfig,
+    ServerCore,
+    Store,
+)
+from dfachat.server.routing import Route
 from dfachat.server.run import configure_logging
+from dfachat.server.storage import Account
 from dfachat.spec import LIMITS, RULES, ByeReason, DeliverFlags, ErrorCode, LeftReason, Limits
 
-__all__ = ["FAULTS", "Fault", "FaultyServer", "FuzzRun", "build_server", "fuzz", "idle_timeout_for", "main"]
+__all__ = [
+    "FAULTS",
+    "Fault",
+    "FaultyShell",
+    "FuzzRun",
+    "RewritingCore",
+    "build_server",
+    "fuzz",
+    "idle_timeout_for",
+    "main",
+]
 
 CHEAP_KDF = KdfParams(n=1024)  # a login costs about a millisecond, as in the server tests
 LONG_TEXT = 255  # drops_long_texts: a text longer than this many characters vanishes
 
 
+# --- the mechanisms ---------------------------------------------------------------------------
+
+
+class _RewrittenEffects:
+    """The world's :class:`~dfachat.server.core.Effects`, with each message the core sends
+    passed through the core's ``rewrite`` first (the other four effects unchanged)."""
+
+    def __init__(self, effects: Any, rewrite: Callable[[CoreConnection, Message], list[Message]]) -> None:
+        self._effects = effects
+        self._rewrite = rewrite
+
+    def send(self, conn: CoreConnection, message: Message, frame: bytes) -> None:
+        for out in self._rewrite(conn, message):
+            self._effects.send(conn, out, frame if out is message else encode(out, conn.session.encoding))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._effects, name)
+
+
+class RewritingCore(ServerCore):
+    """The reference core, whose every outgoing message passes through :meth:`rewrite`.
+
+    The engine has seen (and moved on) the message the core meant to send; the
+    world is handed the rewritten ones, encoded for the connection.
+    """
+
+    def __init__(self, storage: Any, effects: Any, config: Any = None, **options: Any) -> None:
+        super().__init__(storage, _RewrittenEffects(effects, self.rewrite), config, **options)
+
+    def rewrite(self, conn: CoreConnection, message: Message) -> list[Message]:
+        """The messages to send instead of ``message``."""
+        return [message]
+
+
 class FaultyConnection(Connection):
-    """A connection whose queued frames pass through the server's :meth:`FaultyServer.rewrite`."""
+    """A connection whose queued frames pass through the server's :meth:`FaultyShell.rewrite`."""
 
     def queue(self, frame: bytes) -> None:
         for out in self.server.rewrite(self, frame):  # type: ignore[attr-defined]
             super().queue(out)
 
 
-class FaultyServer(ChatServer):
-    """The reference server; a subclass overrides one behaviour (the fault)."""
+class FaultyShell(ChatServer):
+    """The reference shell; a subclass rewrites the encoded frames (a fault on the wire)."""
 
     def _new_connection(self) -> Connection:
-        conn = FaultyConnection(self, self._next_conn_id)
-        self._next_conn_id += 1
-        return conn
+        return FaultyConnection(self)
 
     def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
         """The frames to send instead of ``frame`` (header byte 3 is the type code, R2.3)."""
         return [frame]
 
 
-def _decoded(conn: Connection, frame: bytes) -> Message:
-    return decode_frame(frame, conn.session.encoding)
-
-
-def _encoded(conn: Connection, message: Message) -> bytes:
-    return encode(message, conn.session.encoding)
-
-
-@contextlib.contextmanager
-def routing_by(plan: Callable[..., Route[Any]]) -> Iterator[None]:
-    """``on_MSG`` routes with ``plan`` (same arguments as :func:`route`) inside the block."""
-    app.route = plan  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        app.route = route  # type: ignore[assignment]
-
-
 # --- the faults the issue names -------------------------------------------------------------
 
 
-class AcceptsWrongPassword(FaultyServer):
+class AcceptsWrongPassword(ServerCore):
     """Any password logs an existing account in."""
 
-    async def _authenticate(self, conn: Connection, name: str, password: str) -> None:
-        account = self.store.lookup(name)
-        if account is None:
-            return await super()._authenticate(conn, name, password)
-        try:
-            if not (conn.session.closed or conn.closing):
-                self._login(conn, account.name, account.key)
-        finally:
-            conn.busy = False
-            if not conn.closing:
-                conn.process()
-        return None
+    def password_checked(self, conn: CoreConnection, account: Account | None, now: float) -> None:
+        if account is None and not conn.closed:
+            account = self.storage.lookup(conn.login_name or "")
+        super().password_checked(conn, account, now)
 
 
-class SkipsJoined(FaultyServer):
+class SkipsJoined(ServerCore):
     """Nobody is told when a user logs in."""
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        return [] if frame[3] == JOINED.TYPE else [frame]
+    def push_all(self, message: Message, *, exclude: CoreConnection | None) -> None:
+        if message.TYPE != JOINED.TYPE:
+            super().push_all(message, exclude=exclude)
 
 
-class SendsLeftTwice(FaultyServer):
+class SendsLeftTwice(ServerCore):
     """Every LEFT goes out twice."""
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        return [frame, frame] if frame[3] == LEFT.TYPE else [frame]
+    def push_all(self, message: Message, *, exclude: CoreConnection | None) -> None:
+        super().push_all(message, exclude=exclude)
+        if message.TYPE == LEFT.TYPE:
+            super().push_all(message, exclude=exclude)
 
 
-class DirectedToEveryone(FaultyServer):
+class DirectedToEveryone(ServerCore):
     """A directed message also reaches every other online user, as a broadcast would."""
 
-    def on_MSG(self, conn: Connection, msg: Message) -> None:
-        def everyone(sender_key: str, recipients: Any, online: Any, *rest: Any) -> Route[Any]:
-            plan = route(sender_key, recipients, online, *rest)
-            if plan.directed:
-                plan.live += [c for k, c in online.items() if k != sender_key and c not in plan.live]
-            return plan
-
-        with routing_by(everyone):
-            super().on_MSG(conn, msg)
+    def route(self, conn: CoreConnection, recipients: tuple[str, ...]) -> Route[CoreConnection]:
+        plan = super().route(conn, recipients)
+        if plan.directed:
+            plan.live += [c for k, c in self.presence.items() if k != conn.key and c not in plan.live]
+        return plan
 
 
-class EchoesBroadcast(FaultyServer):
+class EchoesBroadcast(ServerCore):
     """A broadcast comes back to its sender too."""
 
-    def on_MSG(self, conn: Connection, msg: Message) -> None:
-        def echo(sender_key: str, recipients: Any, online: Any, *rest: Any) -> Route[Any]:
-            plan = route(sender_key, recipients, online, *rest)
-            if not plan.directed and sender_key in online:
-                plan.live.append(online[sender_key])
-            return plan
-
-        with routing_by(echo):
-            super().on_MSG(conn, msg)
+    def route(self, conn: CoreConnection, recipients: tuple[str, ...]) -> Route[CoreConnection]:
+        plan = super().route(conn, recipients)
+        sender = self.presence.get(conn.key or "")
+        if not plan.directed and sender is not None:
+            plan.live.append(sender)
+        return plan
 
 
-class DropsLongTexts(FaultyServer):
+class DropsLongTexts(RewritingCore):
     """A text longer than 255 characters (LONG_TEXT) is acknowledged but never delivered."""
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        if frame[3] == DELIVER.TYPE and len(_decoded(conn, frame).text) > LONG_TEXT:
+    def rewrite(self, conn: CoreConnection, message: Message) -> list[Message]:
+        if message.TYPE == DELIVER.TYPE and len(message.text) > LONG_TEXT:
             return []
-        return [frame]
+        return [message]
 
 
-class WrongCrcOnDeliver(FaultyServer):
+class WrongCrcOnDeliver(FaultyShell):
     """Every DELIVER carries a wrong CRC-32."""
 
     def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
@@ -186,46 +216,44 @@ class WrongCrcOnDeliver(FaultyServer):
         return [frame]
 
 
-class ManglesNonAscii(FaultyServer):
+class ManglesNonAscii(RewritingCore):
     """Re-encoding for a recipient in another encoding than the sender's turns every non-ASCII
     character into '?', without the LOSSY flag or outcome (R3.5 allows '?' only when flagged)."""
 
     _sender_encoding: str | None = None
 
-    def on_MSG(self, conn: Connection, msg: Message) -> None:
+    def on_MSG(self, conn: CoreConnection, msg: Message, now: float) -> None:
         self._sender_encoding = conn.session.encoding
         try:
-            super().on_MSG(conn, msg)
+            super().on_MSG(conn, msg, now)
         finally:
             self._sender_encoding = None
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
+    def rewrite(self, conn: CoreConnection, message: Message) -> list[Message]:
         sender_encoding = self._sender_encoding
-        if frame[3] != DELIVER.TYPE or sender_encoding in (None, conn.session.encoding):
-            return [frame]
-        deliver = _decoded(conn, frame)
-        mangled = "".join(c if c.isascii() else "?" for c in deliver.text)
-        return [_encoded(conn, deliver.replace(text=mangled))]
+        if message.TYPE != DELIVER.TYPE or sender_encoding in (None, conn.session.encoding):
+            return [message]
+        mangled = "".join(c if c.isascii() else "?" for c in message.text)
+        return [message.replace(text=mangled)]
 
 
-class ClosesOnIllegal(FaultyServer):
+class ClosesOnIllegal(ServerCore):
     """An illegal or malformed frame ends the session, even where the spec says it survives."""
 
-    def protocol_violation(self, conn: Connection, event: ProtocolViolation) -> None:
+    def protocol_violation(self, conn: CoreConnection, event: ProtocolViolation) -> None:
         if event.fatal:
             return super().protocol_violation(conn, event)
-        conn.end(None, LeftReason.ERROR)  # closes without the non-fatal ERROR
+        self.end(conn, None, LeftReason.ERROR)  # closes without the non-fatal ERROR
         return None
 
 
-class WrongAckId(FaultyServer):
+class WrongAckId(ServerCore):
     """MSG_ACK carries another message id than the MSG's (its lowest bit flipped)."""
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        if frame[3] != MSG_ACK.TYPE:
-            return [frame]
-        ack = _decoded(conn, frame)
-        return [_encoded(conn, ack.replace(msg_id=ack.msg_id ^ 1))]
+    def send(self, conn: CoreConnection, message: Message) -> None:
+        if message.TYPE == MSG_ACK.TYPE:
+            message = message.replace(msg_id=message.msg_id ^ 1)
+        super().send(conn, message)
 
 
 class _AfterQuit:
@@ -234,8 +262,8 @@ class _AfterQuit:
     def __init__(self, session: Any) -> None:
         self._session = session
 
-    state = "ESTABLISHED"  # what the push code asks before it pushes
-    closed = False  # so flush() keeps the transport open
+    state = _state = "ESTABLISHED"  # what the push code asks before it pushes
+    closed = False  # so the core keeps sending to it
     authenticated = True
 
     def next_event(self) -> None:
@@ -248,124 +276,121 @@ class _AfterQuit:
         return getattr(self._session, name)
 
 
-class DeliversAfterQuit(FaultyServer):
+class DeliversAfterQuit(ServerCore):
     """QUIT is answered BYE, but the session stays online and open: pushes keep reaching it."""
 
-    def on_QUIT(self, conn: Connection, _: Message) -> None:
+    def on_QUIT(self, conn: CoreConnection, _: Message, now: float) -> None:
         conn.left_reason = LeftReason.QUIT
-        conn.send(BYE(reason=ByeReason.QUIT))
+        self.send(conn, BYE(reason=ByeReason.QUIT))
         conn.session = _AfterQuit(conn.session)  # type: ignore[assignment]
 
 
-class LosesStoredMessages(FaultyServer):
+class LosesStoredMessages(ServerCore):
     """Messages stored for an offline user are forgotten at its login, not delivered."""
 
-    def _deliver_stored(self, conn: Connection, key: str) -> None:
-        self.store.forget(item.id for item in self.store.stored_for(key))
+    def deliver_stored(self, conn: CoreConnection, key: str) -> None:
+        self.storage.forget(item.id for item in self.storage.stored_for(key))
 
 
-class IgnoresIdleTimeout(FaultyServer):
+class IgnoresIdleTimeout(ServerCore):
     """Announces an idle timeout in HELLO_OK but never enforces it (and never pings)."""
 
-    def sweep(self) -> None:
+    def tick(self, now: float) -> None:
         pass
 
 
 # --- faults of our own choosing -------------------------------------------------------------
 
 
-class OnlineListWithoutSelf(FaultyServer):
+class OnlineListWithoutSelf(ServerCore):
     """AUTH_OK's online list leaves out the user who just logged in."""
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        if frame[3] != AUTH_OK.TYPE:
-            return [frame]
-        auth = _decoded(conn, frame)
-        return [_encoded(conn, auth.replace(online=tuple(n for n in auth.online if n != auth.name)))]
+    def send(self, conn: CoreConnection, message: Message) -> None:
+        if message.TYPE == AUTH_OK.TYPE:
+            message = message.replace(online=tuple(n for n in message.online if n != message.name))
+        super().send(conn, message)
 
 
-class WrongErrorCode(FaultyServer):
+class WrongErrorCode(ServerCore):
     """Every protocol error is answered with MALFORMED_PAYLOAD (FIELD_INVALID where that was right)."""
 
-    def protocol_violation(self, conn: Connection, event: ProtocolViolation) -> None:
+    def protocol_violation(self, conn: CoreConnection, event: ProtocolViolation) -> None:
         wrong = ErrorCode.FIELD_INVALID if event.reply.code is ErrorCode.MALFORMED_PAYLOAD else ErrorCode.MALFORMED_PAYLOAD
         super().protocol_violation(conn, dataclasses.replace(event, reply=event.reply.replace(code=wrong)))
 
 
-class NoByeAfterQuit(FaultyServer):
+class NoByeAfterQuit(ServerCore):
     """QUIT closes the connection without the BYE that must answer it."""
 
-    def on_QUIT(self, conn: Connection, _: Message) -> None:
-        conn.end(None, LeftReason.QUIT)
+    def on_QUIT(self, conn: CoreConnection, _: Message, now: float) -> None:
+        self.end(conn, None, LeftReason.QUIT)
 
 
-class WrongSender(FaultyServer):
+class WrongSender(RewritingCore):
     """DELIVER names its recipient as the sender."""
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        if frame[3] != DELIVER.TYPE or conn.session.user is None:
-            return [frame]
-        return [_encoded(conn, _decoded(conn, frame).replace(sender=conn.session.user))]
+    def rewrite(self, conn: CoreConnection, message: Message) -> list[Message]:
+        if message.TYPE != DELIVER.TYPE or conn.session.user is None:
+            return [message]
+        return [message.replace(sender=conn.session.user)]
 
 
-class DuplicatesDelivery(FaultyServer):
+class DuplicatesDelivery(RewritingCore):
     """Every DELIVER goes out twice."""
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        return [frame, frame] if frame[3] == DELIVER.TYPE else [frame]
+    def rewrite(self, conn: CoreConnection, message: Message) -> list[Message]:
+        return [message, message] if message.TYPE == DELIVER.TYPE else [message]
 
 
-class AckResultsReversed(FaultyServer):
+class AckResultsReversed(ServerCore):
     """MSG_ACK lists the recipients' outcomes in reverse order."""
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        if frame[3] != MSG_ACK.TYPE:
-            return [frame]
-        ack = _decoded(conn, frame)
-        return [_encoded(conn, ack.replace(results=ack.results[::-1]))]
+    def send(self, conn: CoreConnection, message: Message) -> None:
+        if message.TYPE == MSG_ACK.TYPE:
+            message = message.replace(results=message.results[::-1])
+        super().send(conn, message)
 
 
-class JoinedToSelf(FaultyServer):
+class JoinedToSelf(ServerCore):
     """The user who logs in is told it joined, after AUTH_OK."""
 
-    def _login(self, conn: Connection, name: str, key: str) -> None:
-        super()._login(conn, name, key)
-        conn.send(JOINED(name=name))
+    def login(self, conn: CoreConnection, name: str, key: str) -> None:
+        super().login(conn, name, key)
+        self.send(conn, JOINED(name=name))
 
 
-class PongWrongNonce(FaultyServer):
+class PongWrongNonce(ServerCore):
     """PONG answers a PING with another nonce (its lowest bit flipped)."""
 
-    def on_PING(self, conn: Connection, ping: Message) -> None:
-        conn.send(PONG(nonce=ping.nonce ^ 1))
+    def on_PING(self, conn: CoreConnection, ping: Message, now: float) -> None:
+        self.send(conn, PONG(nonce=ping.nonce ^ 1))
 
 
-class LeftAlwaysDropped(FaultyServer):
+class LeftAlwaysDropped(ServerCore):
     """LEFT says DROPPED whatever the reason (QUIT, TIMEOUT, REPLACED, ERROR)."""
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        if frame[3] != LEFT.TYPE:
-            return [frame]
-        return [_encoded(conn, _decoded(conn, frame).replace(reason=LeftReason.DROPPED))]
+    def push_all(self, message: Message, *, exclude: CoreConnection | None) -> None:
+        if message.TYPE == LEFT.TYPE:
+            message = message.replace(reason=LeftReason.DROPPED)
+        super().push_all(message, exclude=exclude)
 
 
-class StoredNotFlagged(FaultyServer):
+class StoredNotFlagged(RewritingCore):
     """Stored messages are delivered at login without the STORED flag."""
 
     _delivering_stored = False
 
-    def _deliver_stored(self, conn: Connection, key: str) -> None:
+    def deliver_stored(self, conn: CoreConnection, key: str) -> None:
         self._delivering_stored = True
         try:
-            super()._deliver_stored(conn, key)
+            super().deliver_stored(conn, key)
         finally:
             self._delivering_stored = False
 
-    def rewrite(self, conn: Connection, frame: bytes) -> list[bytes]:
-        if frame[3] != DELIVER.TYPE or not self._delivering_stored:
-            return [frame]
-        deliver = _decoded(conn, frame)
-        return [_encoded(conn, deliver.replace(flags=deliver.flags & ~DeliverFlags.STORED))]
+    def rewrite(self, conn: CoreConnection, message: Message) -> list[Message]:
+        if message.TYPE != DELIVER.TYPE or not self._delivering_stored:
+            return [message]
+        return [message.replace(flags=message.flags & ~DeliverFlags.STORED)]
 
 
 # --- the catalogue ------------------------------------------------------------------------------
@@ -376,14 +401,25 @@ class Fault:
     """One faulty server and the spec rules a checker that catches it should cite."""
 
     name: str
-    server: type[ChatServer]
+    faulty: type[ServerCore] | type[ChatServer]  # a core (a decision) or a shell (the wire)
     rules: tuple[str, ...]  # any of these is a right catch
     ours: bool  # a fault of our own choosing (not in the issue's list)
     needs_idle_timeout: bool = False  # shows only when the announced idle timeout is short
 
     @property
     def summary(self) -> str:
-        return " ".join((self.server.__doc__ or "").split())
+        return " ".join((self.faulty.__doc__ or "").split())
+
+    @property
+    def core(self) -> type[ServerCore]:
+        return self.faulty if issubclass(self.faulty, ServerCore) else ServerCore
+
+    @property
+    def shell(self) -> type[ChatServer]:
+        return self.faulty if issubclass(self.faulty, ChatServer) else ChatServer
+
+    def build(self, store: Store, config: ServerConfig) -> ChatServer:
+        return self.shell(store, config, core_class=self.core)
 
 
 def _faults(*faults: Fault) -> dict[str, Fault]:
@@ -424,7 +460,7 @@ def build_server(fault: str | None, store: Store, config: ServerConfig) -> ChatS
     """The server for ``fault`` (``None`` or ``"none"``: the reference server)."""
     if fault in (None, "none"):
         return ChatServer(store, config)
-    return FAULTS[fault].server(store, config)
+    return FAULTS[fault].build(store, config)
 
 
 # --- running the fuzzer against one (the kill test and bench/fuzz.py) -----------------------------

@@ -2,8 +2,9 @@
 
 The fuzzer is synchronous and talks over real sockets, so the server runs on
 its own event loop in a background thread, on an ephemeral port over a real
-SQLite file with cheap scrypt. A faulty server is a ``ChatServer`` subclass
-defined in a test; nothing in the product ships a fault switch.
+SQLite file with cheap scrypt. A faulty server is a ``ServerCore`` subclass
+(a wrong decision) or a ``ChatServer`` subclass (a wrong frame on the wire)
+defined in the tests; nothing in the product ships a fault switch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from dfachat.conformance.fuzz.oracle import Account
 from dfachat.conformance.fuzz.server_mode import FuzzSettings
 from dfachat.conformance.fuzz.wire import Target
-from dfachat.server import ChatServer, KdfParams, ServerConfig, Store
+from dfachat.server import ChatServer, KdfParams, ServerConfig, ServerCore, Store
 from dfachat.spec import Limits
 
 ACCOUNTS = (("Liz", "pw1"), ("Steve", "pw2"), ("Bailey", "pw3"))
@@ -27,11 +28,19 @@ TEST_KDF = KdfParams(n=1024)  # a login costs about a millisecond
 
 
 class LiveServer:
-    """A ChatServer (or subclass) on 127.0.0.1, in a thread; ``stop()`` shuts it down."""
+    """A ChatServer (or subclass) running a ServerCore (or subclass) on 127.0.0.1, in a thread;
+    ``stop()`` shuts it down."""
 
-    def __init__(self, db: Path, server_class: type[ChatServer] = ChatServer, **config: Any) -> None:
+    def __init__(
+        self,
+        db: Path,
+        server_class: type[ChatServer] = ChatServer,
+        core_class: type[ServerCore] = ServerCore,
+        **config: Any,
+    ) -> None:
         self.db = db
         self.server_class = server_class
+        self.core_class = core_class
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -42,7 +51,7 @@ class LiveServer:
         store.ensure_users(ACCOUNTS)
         self.thread.start()
         config = ServerConfig(port=0, **{"limits": Limits(), **self.config})
-        self.server = self.server_class(store, config)
+        self.server = self.server_class(store, config, core_class=self.core_class)
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
         return self
 
@@ -65,11 +74,14 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[Any]:
-    """``live_server(server_class=ChatServer, **ServerConfig fields)`` -> a started :class:`LiveServer`."""
+    """``live_server(server_class=ChatServer, core_class=ServerCore, **ServerConfig fields)`` -> a
+    started :class:`LiveServer`."""
     started: list[LiveServer] = []
 
-    def start(server_class: type[ChatServer] = ChatServer, **config: Any) -> LiveServer:
-        server = LiveServer(tmp_path / f"chat{len(started)}.db", server_class, **config).start()
+    def start(
+        server_class: type[ChatServer] = ChatServer, core_class: type[ServerCore] = ServerCore, **config: Any
+    ) -> LiveServer:
+        server = LiveServer(tmp_path / f"chat{len(started)}.db", server_class, core_class, **config).start()
         started.append(server)
         return server
 

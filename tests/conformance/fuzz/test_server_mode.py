@@ -1,8 +1,9 @@
 """Server mode against the reference server: clean with several seeds, and injected faults caught.
 
-Each fault is a ``ChatServer`` (or ``Connection``) subclass made for one test;
-the fuzzer must fail the right check, in the right spec section, with a
-shrunk example saved as a case file that replays to the same failure.
+Each fault is a ``ServerCore`` subclass made for one test, or one of the faulty
+servers of ``tests/conformance/faulty_servers.py``; the fuzzer must fail the
+right check, in the right spec section, with a shrunk example saved as a case
+file that replays to the same failure.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from dfachat.conformance.fuzz.report import summary_text
 from dfachat.conformance.fuzz.server_mode import run_server_fuzz
 from dfachat.conformance.fuzz.verdicts import CheckStatus
 from dfachat.conformance.fuzz.wire import Target
-from dfachat.server import ChatServer
-from dfachat.server.app import Connection
+from dfachat.server import CoreConnection, ServerCore
 from dfachat.spec import DeliverFlags
 
+from ..faulty_servers import FAULTS
 from .conftest import ACCOUNTS, account_args, fuzz_settings
-from .faults import FAULTS
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -42,42 +42,33 @@ def test_the_reference_server_passes(live_server: Any, tmp_path: Path, seed: int
     assert result.coverage["total"] > 0 and len(result.coverage["covered"]) >= 15
 
 
-class _EchoBroadcastToSender(ChatServer):
+class _EchoBroadcastToSender(ServerCore):
     """Fault: a broadcast also reaches its sender (breaks R7.8)."""
 
-    def on_MSG(self, conn: Connection, msg: Message) -> None:
-        super().on_MSG(conn, msg)
+    def on_MSG(self, conn: CoreConnection, msg: Message, now: float) -> None:
+        super().on_MSG(conn, msg, now)
         if not msg.recipients:
-            conn.send(DELIVER(server_msg_id=2**40, timestamp_ms=1, flags=DeliverFlags(0),
-                              sender=conn.session.user or "", text=msg.text))
+            self.send(conn, DELIVER(server_msg_id=2**40, timestamp_ms=1, flags=DeliverFlags(0),
+                                    sender=conn.session.user or "", text=msg.text))
 
 
-class _WrongAckConnection(Connection):
-    __slots__ = ()
-
-    def send(self, message: Message) -> None:
-        if message.NAME == "MSG_ACK":
-            message = message.replace(msg_id=(message.msg_id + 1) % 2**32)
-        super().send(message)
-
-
-class _WrongMsgAckId(ChatServer):
+class _WrongMsgAckId(ServerCore):
     """Fault: MSG_ACK carries another msg_id than the MSG's (breaks R7.3)."""
 
-    def _new_connection(self) -> Connection:
-        conn = _WrongAckConnection(self, self._next_conn_id)
-        self._next_conn_id += 1
-        return conn
+    def send(self, conn: CoreConnection, message: Message) -> None:
+        if message.NAME == "MSG_ACK":
+            message = message.replace(msg_id=(message.msg_id + 1) % 2**32)
+        super().send(conn, message)
 
 
 @pytest.mark.parametrize(
-    ("server_class", "check", "section"),
+    ("core_class", "check", "section"),
     [(_EchoBroadcastToSender, "R7.8", 7), (_WrongMsgAckId, "R7.3/msg-id", 7)],
 )
 def test_an_injected_fault_is_caught_shrunk_and_replayed(
-    live_server: Any, tmp_path: Path, server_class: type[ChatServer], check: str, section: int
+    live_server: Any, tmp_path: Path, core_class: type[ServerCore], check: str, section: int
 ) -> None:
-    server = live_server(server_class)
+    server = live_server(core_class=core_class)
     # Bounded by time, as a user's run is (the default budget is 60 s), not by an example count:
     # which example finds it depends on what Hypothesis draws, which any loaded module can shift.
     result = run_server_fuzz(fuzz_settings(server, tmp_path, max_examples=10_000, time_budget_s=40,
@@ -105,10 +96,11 @@ def test_an_injected_fault_is_caught_shrunk_and_replayed(
     assert main(["fuzz", "replay", failure.case, reference.address, *account_args()]) == 0
 
 
-@pytest.mark.parametrize("fault", ["wrong CRC on DELIVER", "loses stored messages", "skips JOINED"])
-def test_more_faults_are_caught_in_their_section(live_server: Any, tmp_path: Path, fault: str) -> None:
-    server_class, rule = FAULTS[fault]
-    server = live_server(server_class)
+@pytest.mark.parametrize(
+    ("fault", "rule"), [("wrong_crc_on_deliver", "R2.5"), ("loses_stored_messages", "R7.7"), ("skips_joined", "R8.1")]
+)
+def test_more_faults_are_caught_in_their_section(live_server: Any, tmp_path: Path, fault: str, rule: str) -> None:
+    server = live_server(FAULTS[fault].shell, FAULTS[fault].core)
     result = run_server_fuzz(fuzz_settings(server, tmp_path, max_examples=400, time_budget_s=30,
                                            stop_on_failure=True))
     failed = [c.id for c in result.failed_checks]
