@@ -49,6 +49,7 @@ with instrumented(__name__):
     from dfachat.codec import frames as _frames
     from dfachat.codec.messages import HELLO_OK, Message  # type: ignore[attr-defined]
     from dfachat.server.app import ChatServer, Connection, ServerConfig
+    from dfachat.server.core import CoreConnection, ServerCore
     from dfachat.server.store import DEMO_ACCOUNTS, KdfParams, Store, name_key
     from dfachat.spec import LIMITS
 
@@ -182,16 +183,17 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
     w = world()
     w.reset_stored()
     loop = w.loop
-    server = ChatServer(w.store, ServerConfig(limits=FUZZ_LIMITS))
+    server = ChatServer(w.store, ServerConfig(limits=FUZZ_LIMITS), core_class=ServerCore)
     server.loop = loop
     internal_errors: list[str] = []
 
-    def internal_error(conn: Connection, event: object) -> None:
-        internal_errors.append(f"handling {event!r}:\n{traceback.format_exc()}")
-        original_internal_error(conn, event)
+    def internal_error(conn: CoreConnection, event: object, exc: BaseException) -> None:
+        trace = "".join(traceback.format_exception(exc))
+        internal_errors.append(f"handling {event!r}:\n{trace}")
+        original_internal_error(conn, event, exc)
 
-    original_internal_error = server.internal_error
-    server.internal_error = internal_error  # type: ignore[method-assign]
+    original_internal_error = server.core.internal_error
+    server.core.internal_error = internal_error  # type: ignore[method-assign]
 
     def settle() -> None:
         if server._flush_scheduled or asyncio.all_tasks(loop):
@@ -200,14 +202,14 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
         assert not w.loop_errors, w.loop_errors[0]
 
     observer_transport = MemoryTransport("192.0.2.2", 40002)
-    observer = Connection(server, 1)
+    observer = Connection(server)
     observer.connection_made(observer_transport)
     observer.data_received(_login_stream(OBSERVER, OBSERVER_PASSWORD, OBSERVER_ENCODING))
     settle()
     assert observer.session.authenticated, observer.session
 
     transport = MemoryTransport("192.0.2.1", 40001)
-    conn = Connection(server, 2)
+    conn = Connection(server)
     conn.connection_made(transport)
     try:
         for chunk in chunked(stream, rng):
@@ -219,7 +221,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
         server_frames(transport)
         server_frames(observer_transport)
         if conn.session.closed:
-            assert transport.closed, f"session CLOSED but its transport open (after {conn.left_reason.name})"
+            assert transport.closed, f"session CLOSED but its transport open (after {conn.core.left_reason.name})"
         conn.connection_lost(None)
         observer.connection_lost(None)
         settle()

@@ -158,10 +158,11 @@ def test_connection_target_catches_internal_errors(monkeypatch: pytest.MonkeyPat
     """A handler that raises takes the server's internal-error path (R11.4): the target fails."""
     connection = target("server_connection")
 
-    def broken(self: object, conn: object, ping: object) -> None:
-        raise ZeroDivisionError("a bug in a handler")
+    class Broken(connection.ServerCore):
+        def on_PING(self, conn: object, ping: object, now: float) -> None:
+            raise ZeroDivisionError("a bug in a handler")
 
-    monkeypatch.setattr(connection.ChatServer, "on_PING", broken)
+    monkeypatch.setattr(connection, "ServerCore", Broken)
     with pytest.raises(AssertionError, match="ZeroDivisionError"):
         connection.TestOneInput(_first_seed(connection, "chat-utf-8"))
 
