@@ -7,27 +7,46 @@ quiescence, and judges every frame that arrives:
 * each connection has a :class:`~dfachat.fsm.ClientSession` (the *judge*):
   a frame the client's table does not allow, or one the codec rejects, is the
   server breaking R12.2 or a rule of section 2-4;
-* each connection also has a :class:`~dfachat.fsm.ServerSession` (the
-  *mirror*): what we send is fed to it, so it decides, from the same table
-  and codec as the reference server, whether a frame is legal and which ERROR
-  (code, fatality, regarding) a conforming server answers;
-* the reference model of the server (:class:`Model`) decides everything
-  else with the server's own routing (:func:`dfachat.server.routing.route`,
-  :func:`~dfachat.server.routing.reencode`): who is online, each MSG's
-  recipients and outcomes, the text each recipient gets, stored messages,
-  presence. Its answers become *expectations* on connections.
+* the *oracle* is the reference server itself: a
+  :class:`~dfachat.server.core.ServerCore` over a
+  :class:`~dfachat.server.storage.MemoryStore` holding the accounts given
+  with ``--account``. Each fuzzer connection is a connection of that core, and
+  what the driver sends it is fed too (the bytes, the end of a connection we
+  drop, the timeout of one we leave silent). The core decides everything a
+  conforming server decides -- which ERROR answers an illegal or malformed
+  frame (its connection's :class:`~dfachat.fsm.ServerSession`), the handshake,
+  logins and their back-off, who is online, each MSG's recipients, outcomes
+  and re-encoded text, what is stored and for whom, presence -- and the
+  driver carries out its effects (:class:`~dfachat.server.core.Effects`):
+  each frame it sends becomes an *expectation* on that connection, its close
+  the CLOSE expectation, a password check is answered from the store at once,
+  a back-off elapses at once (the target's own delay is judged against the
+  minimum of R6.4). Nothing here restates what the server decides.
+
+An expectation is built from the predicted frame by one translator per
+message type, with the check that fails when it does not arrive and the
+checks that judge its fields. Fields the target chooses for itself are not
+compared with the prediction: server message ids (only that they increase,
+R7.3, and that a DELIVER carries its MSG_ACK's, R7.5), timestamps, HELLO_OK's
+software and limits (those are held to the spec's bounds, and the core adopts
+the ones that decide its answers, R4.11).
 
 Nondeterminism is absorbed, never guessed: expectations on one connection are
 matched by kind (their order is checked only where the spec promises one),
 and after an action that could push something unwanted, a PING/PONG round
 trip on each bystander (R9.1) is the barrier that shows what the server wrote
-before. A missing frame fails only after the reply timeout.
+before. A missing frame fails only after the reply timeout. Where the spec
+allows more than one answer -- either error for a HELLO wrong twice, a login
+refused by the target's rate bound (R9.5), an idle timeout whenever we were
+silent long enough, a session we dropped unobserved that the target may still
+think online -- each allowed one passes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import selectors
 import socket
 import ssl
@@ -57,8 +76,8 @@ from dfachat.conformance.fuzz.wire import Target
 from dfachat.errors import FrameError, LocalProtocolError, TruncatedFrame
 from dfachat.fsm import TABLES, ClientSession, ConnectionClosed, ProtocolViolation, ServerSession
 from dfachat.fsm._table import Branch
-from dfachat.server.routing import reencode, route
-from dfachat.server.store import name_key
+from dfachat.server.core import CoreConfig, CoreConnection, ServerCore
+from dfachat.server.storage import MemoryStore, StoredMessage, name_key
 from dfachat.spec import (
     CLOSED_TRIGGER,
     ENCODINGS,
@@ -69,6 +88,7 @@ from dfachat.spec import (
     ErrorCode,
     ErrorFlags,
     LeftReason,
+    Limits,
     ListFlags,
     Outcome,
 )
@@ -83,6 +103,20 @@ _FRAMING = frozenset(cls.rule for cls in FrameError.__subclasses__() if cls.fata
 _REPLIES = frozenset({"HELLO_OK", "AUTH_OK", "AUTH_FAILED", "MSG_ACK", "USERS", "PONG", "BYE", "ERROR"})
 _OWED = _REPLIES | {"CLOSE"}  # what the server owes a session in answer to what it sent
 _PUSHING = frozenset({"MSG", "PASS", "QUIT", "ERROR"})  # what can make the server write to others
+_ANNOUNCED = ("max_text", "idle_timeout_s", "max_recipients", "login_attempts")  # HELLO_OK's limits we adopt (R4.11)
+_UNBOUNDED = 1 << 40
+# The predicting core's limits: the spec's, except the bounds a target sets for itself and does not
+# announce (R1.4, R1.5, R9.3-R9.5): the fuzzer keeps below any sensible ones, and a target that
+# refuses a login by its rate bound is tolerated (R9.5), not predicted.
+_CORE_LIMITS = dataclasses.replace(
+    LIMITS, max_per_address=_UNBOUNDED, max_logins_per_minute=_UNBOUNDED, max_bytes_per_s=_UNBOUNDED,
+    max_burst_bytes=_UNBOUNDED, max_output_buffer=_UNBOUNDED,
+)
+# A HELLO wrong twice: the spec orders neither check first, so either error is right (R5.2, R5.3).
+_HELLO_ERRORS: dict[ErrorCode, tuple[str, Callable[[Message], bool]]] = {
+    ErrorCode.UNSUPPORTED_VERSION: ("R5.2", lambda hello: not set(hello.versions) & set(SUPPORTED_VERSIONS)),
+    ErrorCode.UNSUPPORTED_ENCODING: ("R5.3", lambda hello: hello.encoding not in ENCODINGS),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +132,7 @@ class Account:
 
 
 class ServerRows:
-    """Rows of the server's table the model took: the run's transition coverage."""
+    """Rows of the server's table the oracle's sessions took: the run's transition coverage."""
 
     def __init__(self) -> None:
         self.taken: set[tuple[str, str, str, int]] = set()
@@ -121,9 +155,76 @@ class ServerRows:
         }
 
 
+class _Session(ServerSession):
+    """The core's engine for one fuzzer connection, watched: the rows it takes (coverage), the
+    violation it reports last (whose ERROR the core sends), each event it hands the core."""
+
+    __slots__ = ("rows", "observe", "violation", "sent")
+
+    def __init__(self, *, limits: Limits, rows: ServerRows, observe: Callable[[Any], None]) -> None:
+        super().__init__(limits=limits)
+        self.rows = rows
+        self.observe = observe
+        self.violation: ProtocolViolation | None = None
+        self.sent: Message | None = None  # the frame this engine sent last (a push bypasses it)
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if isinstance(event, ProtocolViolation):
+            self.violation = event
+        elif event is not None:
+            self.observe(event)
+        return event
+
+    def receive_message(self, message: Message) -> Any:
+        state = self._state
+        if not self._stopped and state not in self._discarding:
+            self.rows.take(state, f"recv_{message.NAME}", self._recv[state].get(message.TYPE, ()), self, message)
+        return super().receive_message(message)
+
+    def send(self, message: Message) -> bytes:
+        state = self._state
+        self.rows.take(state, f"send_{message.NAME}", self._table.send[state].get(message.TYPE, ()), self, message)
+        data = super().send(message)
+        self.sent = message
+        return data
+
+    def close(self) -> None:
+        self.rows.take(self._state, CLOSED_TRIGGER, (self._table.closed[self._state],), self, None)
+        super().close()
+
+    def _connection_closed(self) -> ConnectionClosed:
+        self.rows.take(self._state, CLOSED_TRIGGER, (self._table.closed[self._state],), self, None)
+        return super()._connection_closed()
+
+
+class _Effects:
+    """The core's effects, carried out by the driver (:class:`~dfachat.server.core.Effects`)."""
+
+    __slots__ = ("driver",)
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    def send(self, conn: CoreConnection, message: Message, frame: bytes) -> None:
+        self.driver._predicted(conn, message)
+
+    def close(self, conn: CoreConnection, abort: bool) -> None:
+        self.driver._predicted_close(conn)
+
+    def check_password(self, conn: CoreConnection, name: str, password: str) -> None:
+        self.driver._pending.append(lambda: self.driver._check_password(conn, name, password))
+
+    def start_backoff(self, conn: CoreConnection, delay_ms: int) -> None:
+        self.driver._pending.append(lambda: self.driver._backoff(conn))
+
+    def log(self, level: int, event: str, text: str, fields: dict[str, Any]) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class Expect:
-    """A frame (or the close) the model says must reach one connection."""
+    """A frame (or the close) the oracle says must reach one connection."""
 
     kind: str  # a message name, or "CLOSE"
     check: str  # the check failed when it never arrives
@@ -140,33 +241,47 @@ class Expect:
 
 @dataclass(slots=True)
 class Conn:
-    """One fuzzer connection: the socket, the judge, the mirror, what is expected on it."""
+    """One fuzzer connection: the socket, the judge, the core's side of it, what is expected on it."""
 
     index: int
     sock: socket.socket | None
     judge: ClientSession = field(default_factory=ClientSession)
-    mirror: ServerSession = field(default_factory=ServerSession)
+    core: CoreConnection = None  # type: ignore[assignment]  # the oracle's connection (set on connect)
     label: str = ""
-    account: Account | None = None  # logged in as (the model's view)
-    login_name: str | None = None  # USER sent, PASS not yet
     expects: list[Expect] = field(default_factory=list)
     eof: bool = False  # the target closed it
     dropped: bool = False  # we closed it
     finished: bool = False  # BYE or a fatal ERROR arrived: nothing more may come
+    gone: bool = False  # the core knows the connection is gone
     last_sent: float = 0.0
     silent: bool = False  # let time pass: do not answer PINGs
-    failures: int = 0  # failed logins in this session (R6.3)
     seen_ids: set[int] = field(default_factory=set)  # server message ids delivered here (R7.6)
-    hello_ok: Message | None = None
     next_order: int = 0
+    # What the core's effects on this connection need from the driver:
+    absorb: str = ""  # a frame that already arrived: the core sending it now expects nothing more
+    last_word: Message | None = None  # the frame that ended the core's session (which close follows)
+    paging: bool = False  # the core's AUTH_OK or USERS frame said MORE: USERS pages follow
+    login_rule: str = "R6.2"  # the check a wrong login's AUTH_FAILED belongs to
+    not_before: float = 0.0  # the back-off under way: its AUTH_FAILED not before (R6.4)
+    held: list[StoredMessage] = field(default_factory=list)  # stored for the account at login (R9.5)
 
     @property
     def open(self) -> bool:
         return self.sock is not None and not self.eof and not self.dropped
 
     @property
+    def authenticated(self) -> bool:
+        """The core logged this connection in (whatever happened since)."""
+        return self.core is not None and self.core.key is not None
+
+    @property
     def established(self) -> bool:
-        return self.open and self.judge.state == "ESTABLISHED" and self.account is not None
+        return self.open and self.judge.state == "ESTABLISHED" and self.authenticated
+
+    @property
+    def server_state(self) -> str:
+        """The state of the core's session: what a conforming server is in."""
+        return self.core.session.state
 
 
 # The checks that judge one aspect of a rule, with what each judges (section and level: the rule's).
@@ -230,20 +345,44 @@ class Driver:
         self.chart = Chart(["target"])
         self.failures: list[tuple[str, str]] = []  # (check, detail) in this scenario
         self.actions: list[dict[str, Any]] = []  # what was done, for the case file
-        self.online: dict[str, Conn] = {}  # the model: account key -> its session
-        self.stored: dict[str, list[dict[str, Any]]] = {}  # key -> messages held for it (R7.7)
+        # The oracle: the reference server's core over the target's accounts.
+        self.store = MemoryStore((a.name, a.password) for a in accounts)
+        self.core = ServerCore(
+            self.store,
+            _Effects(self),
+            CoreConfig(limits=_CORE_LIMITS, max_connections=_UNBOUNDED, tls=target.tls is not None,
+                       log_level=logging.CRITICAL + 1),
+        )
+        self._pending: list[Callable[[], None]] = []  # password checks and back-offs the core asked for
+        self._handling: Any = None  # the event the core is handling (a message, mostly)
+        self._lefts = 0  # LEFT frames predicted so far (does anyone see a session end?)
+        self.tokens: dict[int, dict[str, Any]] = {}  # the core's server message id -> what its frames share
         self.fuzzy: set[str] = set()  # keys whose session ended unobserved: online or not, unknown
         self.were_fuzzy: set[str] = set()  # late presence frames about them are tolerated
-        self.current_msg: tuple[Conn, Message, bool] | None = None
+        self.current_msg: tuple[Conn, Message, bool] | None = None  # (sender, MSG_ACK predicted, directed)
         self.patience = 3  # times the reply timeout a missing frame is waited for before it fails
         self.deadline = float("inf")  # the run's time budget (monotonic): waits end there, unjudged
         self.cut_short = False
-        self.tolerate_stored = False
-        self.lenient = False  # a reset between examples: tolerate what came before, wait for no close  # a reset: messages stored before we came are taken unjudged
+        self.tolerate_stored = False  # a reset: messages stored before we came are taken unjudged
+        self.lenient = False  # a reset between examples: tolerate what came before, wait for no close
         self.last_server_msg_id = -1
         self.limits = LIMITS  # updated from HELLO_OK (R4.11)
         self.steps = 0
         self._nonce = 0
+        self._translate: dict[int, Callable[[Conn, Message], None]] = {
+            HELLO_OK.TYPE: self._expect_hello_ok,
+            AUTH_OK.TYPE: self._expect_auth_ok,
+            USERS.TYPE: self._expect_users,
+            AUTH_FAILED.TYPE: self._expect_auth_failed,
+            JOINED.TYPE: self._expect_joined,
+            LEFT.TYPE: self._expect_left,
+            DELIVER.TYPE: self._expect_deliver,
+            MSG_ACK.TYPE: self._expect_msg_ack,
+            PONG.TYPE: self._expect_pong,
+            PING.TYPE: lambda conn, ping: None,  # the server's own PINGs are not predicted (R9.1: MAY)
+            BYE.TYPE: self._expect_bye,
+            ERROR.TYPE: self._expect_error,
+        }
 
     # --- bookkeeping -------------------------------------------------------------------------
     def fail(self, check: str, detail: str) -> None:
@@ -278,6 +417,7 @@ class Driver:
         self.chart.participants.append(conn.label)
         self.selector.register(conn.sock, selectors.EVENT_READ, conn)
         self._note(conn, "connects")
+        self._open_core(conn)
         return index
 
     def send(self, index: int, messages: list[Message], *, splits: Iterable[int] = (), record: bool = True) -> None:
@@ -296,7 +436,10 @@ class Driver:
             data += conn.judge.send(message)  # our own side must follow the client table (R12.2)
             self._arrow(conn, label(message), outgoing=True)
         self._write(conn, data, splits)
-        self._model_received(conn, data)
+        self._feed(conn, data)
+        if conn.judge.closed:  # we sent a fatal ERROR: its sender closes (R10.4)
+            self._note(conn, "closes after its fatal ERROR")
+            self._close(conn)
         self.settle(barrier=any(m.NAME in _PUSHING for m in messages))
 
     def send_raw(self, index: int, data: bytes, what: str, *, record: bool = True) -> None:
@@ -306,7 +449,7 @@ class Driver:
             self.actions.append({"action": "raw", "conn": index, "hex": data.hex(), "what": what})
         self._arrow(conn, f"{what} ({len(data)} bytes)", outgoing=True)
         self._write(conn, data, ())
-        self._model_received(conn, data)
+        self._feed(conn, data)
         self.settle()
 
     def drop(self, index: int, *, record: bool = True) -> None:
@@ -316,7 +459,6 @@ class Driver:
             self.actions.append({"action": "drop", "conn": index})
         self._note(conn, "drops the connection")
         self._close(conn)
-        self._session_ends(conn, LeftReason.DROPPED)
         self.settle()
 
     def idle(self, index: int, *, record: bool = True) -> None:
@@ -327,22 +469,8 @@ class Driver:
         timeout_s = self.limits.idle_timeout_s
         self._note(conn, f"stays silent ({timeout_s} s idle timeout)")
         conn.silent = True
-        rule = "R9.2" if conn.account is not None else "R6.8"
-        since = conn.last_sent
-
-        def verify(m: Message) -> list[tuple[str, str]]:
-            out = []
-            if m.code != ErrorCode.IDLE_TIMEOUT or not m.flags & ErrorFlags.FATAL:
-                out.append((f"{rule}/timeout", f"expected a fatal ERROR IDLE_TIMEOUT, got {m.code.name}"))
-            if time.monotonic() - since < timeout_s - _BACKOFF_SLACK_S:
-                out.append((f"{rule}/timeout", f"IDLE_TIMEOUT after {time.monotonic() - since:.2f} s of silence, "
-                                                f"before the announced {timeout_s} s"))
-            return out
-
-        self._expect(conn, Expect("ERROR", f"{rule}/timeout", "fatal ERROR IDLE_TIMEOUT", verify=verify))
-        self._mirror_send(conn, ERROR(code=ErrorCode.IDLE_TIMEOUT, flags=ErrorFlags.FATAL, regarding=0, rule=rule, reason=""))
-        self._expect(conn, Expect("CLOSE", "R10.4", "close after the fatal ERROR"))
-        self._session_ends(conn, LeftReason.TIMEOUT, wait_for_close=True)
+        if not conn.gone and not conn.core.closed:  # the core times it out now; the target, when it will
+            self._core(lambda now: self.core.timed_out(conn.core))
         # Keep everyone else alive meanwhile (every frame is activity, R9.2).
         deadline = min(time.monotonic() + timeout_s * 1.5 + 2 * self.reply_timeout + 1, self.deadline)
         while not self._satisfied([conn]) and time.monotonic() < deadline:
@@ -373,8 +501,7 @@ class Driver:
                 self.send(conn.index, [QUIT()], record=False)
             elif conn.open:
                 self._close(conn)
-                self._session_ends(conn, LeftReason.DROPPED)
-        self.drain(sorted(set(self.stored) | self.fuzzy))
+        self.drain(sorted({key for key, _ in self.store.stored} | self.fuzzy))
 
     def drain(self, keys: Iterable[str]) -> None:
         """Log in to each account and QUIT, taking what the server stored for it."""
@@ -402,6 +529,7 @@ class Driver:
 
     def close(self) -> None:
         for conn in self.conns:
+            conn.gone = True  # the scenario is over: nothing more is predicted
             self._close(conn)
         self.selector.close()
 
@@ -467,40 +595,337 @@ class Driver:
         if not data:
             conn.eof = True
 
-    # --- the model: what the server must do with what we sent ---------------------------------
-    def _model_received(self, conn: Conn, data: bytes) -> None:
-        mirror = conn.mirror
-        mirror.feed(data)
-        while True:
-            state = mirror.state
-            event = mirror.next_event()
-            if event is None:
-                return
-            if isinstance(event, ProtocolViolation):
-                self._expect_error(conn, event)
-                continue
-            if isinstance(event, ConnectionClosed):
-                return
-            self.rows.take(state, f"recv_{event.NAME}", _SERVER.recv[state].get(event.TYPE, ()), mirror, event)
-            handler = getattr(self, f"_on_{event.NAME}", None)
-            if handler is not None:
-                handler(conn, event)
+    # --- the oracle: the core, fed what we send -------------------------------------------------
+    def _open_core(self, conn: Conn) -> None:
+        """The core's side of a new connection, with a watched engine (nothing is received yet)."""
+        try:
+            name = conn.sock.getsockname() if conn.sock is not None else None
+        except OSError:
+            name = None
+        address = str(name[0]) if isinstance(name, tuple) else "fuzzer"  # ours: the server sees it as the peer
+        core = self.core.connection_opened(conn, address, f"{address} ({conn.label})", time.monotonic())
+        if not core.closed:
+            core.session = _Session(limits=self.core.limits, rows=self.rows, observe=self._observe)
+        conn.core = core
+        self._run_pending()
 
-    def _mirror_send(self, conn: Conn, message: Message) -> None:
-        """The model's server session sends ``message`` (state and coverage, not the wire)."""
-        mirror = conn.mirror
-        state = mirror.state
-        branches = _SERVER.send[state].get(message.TYPE, ())
-        self.rows.take(state, f"send_{message.NAME}", branches, mirror, message)
-        with contextlib.suppress(LocalProtocolError):
-            mirror.send(message)
+    def _core(self, call: Callable[[float], None]) -> None:
+        """One input to the core (at the time it happens), then what it asked of us."""
+        call(time.monotonic())
+        self._run_pending()
 
-    def _mirror_closed(self, conn: Conn) -> None:
-        mirror = conn.mirror
-        self.rows.take(mirror.state, CLOSED_TRIGGER, (_SERVER.closed[mirror.state],), mirror, None)
-        mirror.close()
+    def _feed(self, conn: Conn, data: bytes) -> None:
+        """What we wrote to the target reaches the core too."""
+        if not conn.gone:
+            self._core(lambda now: self.core.data_received(conn.core, data, now))
 
-    def _expect_error(self, conn: Conn, violation: ProtocolViolation) -> None:
+    def _core_lost(self, conn: Conn, *, eof: bool) -> None:
+        """The connection is gone (``eof``: we closed it, so the server reads the end first)."""
+        if conn.gone:
+            return
+        conn.gone = True
+        core = conn.core
+        online = core.key is not None and self.core.presence.get(core.key) is core
+        lefts = self._lefts
+        if eof:
+            self._core(lambda now: self.core.eof_received(core, now))
+        self._core(lambda now: self.core.connection_lost(core, now))
+        if online and self._lefts == lefts and core.left_reason is LeftReason.DROPPED:
+            # Nobody sees when the target notices (R10.5): until someone logs in as it, the
+            # account may be online at the target or not.
+            self.fuzzy.add(core.key)
+            self.were_fuzzy.add(core.key)
+
+    def _run_pending(self) -> None:
+        while self._pending:
+            self._pending.pop(0)()
+
+    def _observe(self, event: Any) -> None:
+        """An event a core engine hands the core (the message it is about to handle)."""
+        self._handling = event
+        if isinstance(event, Message) and event.NAME == "USER":
+            self.passed("R6.2/no-answer")
+
+    def _check_password(self, core: CoreConnection, name: str, password: str) -> None:
+        """The core's ``check_password``: answered from the store, at once."""
+        conn: Conn = core.handle
+        account = self.store.verify(name, password)
+        if account is None:
+            conn.login_rule = "R6.2" if self.store.lookup(name) is not None else "R6.2/unknown-user"
+        else:
+            conn.held = self.store.stored_for(account.key)
+        self.core.password_checked(core, account, time.monotonic())
+
+    def _backoff(self, core: CoreConnection) -> None:
+        """The core's ``start_backoff``: over at once; the target's AUTH_FAILED must wait the minimum."""
+        conn: Conn = core.handle
+        conn.not_before = time.monotonic() + LIMITS.backoff_base_ms / 1000 - _BACKOFF_SLACK_S
+        self.core.backoff_elapsed(core, time.monotonic())
+        conn.not_before = 0.0
+
+    def _adopt_limits(self, hello_ok: Message) -> None:
+        """The limits the target announced are the ones that hold (R4.11), for us and the core."""
+        announced = {k: getattr(hello_ok, k) for k in _ANNOUNCED}
+        self.limits = dataclasses.replace(self.limits, **announced)
+        self.core.limits = dataclasses.replace(self.core.limits, **announced)
+
+    # --- the core's effects as expectations ---------------------------------------------------
+    def _predicted(self, core: CoreConnection, message: Message) -> None:
+        """The core sends ``message`` on ``core``: the target must send its like there."""
+        conn: Conn = core.handle
+        session = core.session
+        if isinstance(session, _Session):
+            if session.sent is not message:  # a push: an internal row, taken without the engine (R8.4)
+                state = session.state
+                self.rows.take(state, f"send_{message.NAME}", _SERVER.send[state].get(message.TYPE, ()), session,
+                               message)
+            session.sent = None
+        if session.closed:
+            conn.last_word = message
+        if conn.absorb == message.NAME:  # arrived already
+            conn.absorb = ""
+            return
+        if conn.eof or conn.dropped:
+            return
+        self._translate[message.TYPE](conn, message)
+
+    def _predicted_close(self, core: CoreConnection) -> None:
+        """The core closes ``core`` after its last frame: the target must close too."""
+        conn: Conn = core.handle
+        word, conn.last_word = conn.last_word, None
+        if conn.eof or conn.dropped or word is None:  # no last word: we ended it (our fatal ERROR)
+            return
+        if word.NAME == "BYE":
+            if not self.lenient:
+                self._expect(conn, Expect("CLOSE", "R10.2/close", "close after BYE"))
+        elif word.NAME == "AUTH_FAILED":
+            self._expect(conn, Expect("CLOSE", "R6.3", "close after the last AUTH_FAILED"))
+        else:
+            self._expect(conn, Expect("CLOSE", "R10.4", "close after the fatal ERROR"))
+
+    def _expect_hello_ok(self, conn: Conn, ok: Message) -> None:
+        def verify(m: Message) -> list[tuple[str, str]]:
+            out = []
+            if m.version != ok.version:
+                out.append(("R5.2", f"HELLO_OK chose version {m.version}"))
+            if m.encoding != ok.encoding:
+                out.append(("R5.4", f"HELLO_OK names encoding {m.encoding!r}, HELLO asked {ok.encoding!r}"))
+            for name in ("max_frame", "max_text", "max_recipients", "login_attempts"):
+                if getattr(m, name) > getattr(LIMITS, name) or getattr(m, name) == 0:
+                    out.append(("R5.4/limits", f"HELLO_OK announces {name}={getattr(m, name)}, the spec allows "
+                                               f"1..{getattr(LIMITS, name)}"))
+            return out
+
+        self._expect(conn, Expect("HELLO_OK", "R5.4", "HELLO_OK", verify=verify), ordered=True)
+
+    def _list_verifier(self, check: str, page: Message) -> Callable[[Message], list[tuple[str, str]]]:
+        """Judges an AUTH_OK or USERS frame against the core's: the same names (R4.1 spelling),
+        any name whose session ended unobserved tolerated, MORE as the core set it."""
+        expected = {name_key(n): n for n in page.online}
+        more = bool(page.flags & ListFlags.MORE)
+        fuzzy = set(self.fuzzy)
+
+        def verify(m: Message) -> list[tuple[str, str]]:
+            got = {name_key(n): n for n in m.online}
+            out = []
+            missing = sorted(n for k, n in expected.items() if k not in got)
+            extra = sorted(n for k, n in got.items() if k not in expected and k not in fuzzy)
+            if missing or extra:
+                out.append((check, f"{m.NAME} lists {sorted(got.values())}: "
+                                   + (f"missing {missing}" if missing else "") + (" " if missing and extra else "")
+                                   + (f"not online: {extra}" if extra else "")))
+            wrong = sorted(n for k, n in got.items() if k in expected and n != expected[k])
+            if wrong:
+                out.append(("R4.1/registered-name", f"{m.NAME} spells {wrong} differently from the accounts"))
+            if bool(m.flags & ListFlags.MORE) != more:
+                out.append((check, f"{m.NAME} has MORE {'set' if not more else 'clear'} for a list of {len(got)} names"))
+            return out
+
+        return verify
+
+    def _expect_auth_ok(self, conn: Conn, ok: Message) -> None:
+        self.fuzzy.discard(name_key(ok.name))  # logged in again: known online from now
+        conn.paging = bool(ok.flags & ListFlags.MORE)
+        names = self._list_verifier("R6.5", ok)
+
+        def verify(m: Message) -> list[tuple[str, str]]:
+            out = names(m)
+            if m.name != ok.name:
+                out.append(("R6.5/registered-name", f"AUTH_OK names {m.name!r}, the account is {ok.name!r}"))
+            return out
+
+        self._expect(conn, Expect("AUTH_OK", "R6.5", f"AUTH_OK {ok.name}", verify=verify,
+                                  judges=("R6.5/registered-name", "R4.1/registered-name")), ordered=True)
+
+    def _expect_users(self, conn: Conn, users: Message) -> None:
+        check = "R6.5" if conn.paging else "R8.3"  # a page of AUTH_OK's list, or the answer to LIST
+        conn.paging = bool(users.flags & ListFlags.MORE) and conn.paging
+        self._expect(conn, Expect("USERS", check, "USERS", verify=self._list_verifier(check, users)), ordered=True)
+
+    def _expect_auth_failed(self, conn: Conn, failed: Message) -> None:
+        left = failed.attempts_left
+        rule = conn.login_rule
+
+        def verify(m: Message) -> list[tuple[str, str]]:
+            if m.NAME == "AUTH_OK":
+                return [(rule, f"a wrong password (or unknown user) was accepted: {m.name} logged in")]
+            if m.attempts_left != left:
+                return [("R6.3", f"AUTH_FAILED attempts_left={m.attempts_left}, expected {left}")]
+            return []
+
+        self._expect(conn, Expect("AUTH_FAILED", rule, f"AUTH_FAILED attempts_left={left}", verify=verify,
+                                  judges=("R6.3", "R6.2"), not_before=conn.not_before, not_before_check="R6.4"),
+                     ordered=True)
+
+    def _expect_joined(self, conn: Conn, joined: Message) -> None:
+        name = joined.name
+        self._expect(conn, Expect("JOINED", "R8.1", f"JOINED {name}", key=name_key(name),
+                                  verify=lambda m: [] if m.name == name else
+                                  [("R8.1", f"JOINED names {m.name!r}, not {name!r}")]), ordered=True)
+
+    def _expect_left(self, conn: Conn, left: Message) -> None:
+        self._lefts += 1
+        reason, name = left.reason, left.name
+        self._expect(conn, Expect(
+            "LEFT", "R8.2", f"LEFT {name} {reason.name}", key=name_key(name),
+            verify=lambda m: ([] if m.reason == reason and m.name == name else
+                              [("R8.2/reason", f"LEFT {m.name} {m.reason.name}, expected LEFT {name} {reason.name}")]),
+            judges=("R8.2/reason", *({LeftReason.DROPPED: ("R10.5",), LeftReason.REPLACED: ("R6.6",)}
+                                     .get(reason, ())))),
+            ordered=True)
+
+    def _token(self, server_msg_id: int, text: str) -> dict[str, Any]:
+        """What the MSG_ACK and the DELIVERs of one message share: the target's id, once known."""
+        token = self.tokens.get(server_msg_id)
+        if token is None:
+            handling = self._handling
+            if isinstance(handling, Message) and handling.NAME == "MSG":
+                text = handling.text  # as sent, before any re-encoding
+            token = self.tokens[server_msg_id] = {"server_msg_id": None, "text": text}
+        return token
+
+    def _expect_deliver(self, conn: Conn, deliver: Message) -> None:
+        token = self._token(deliver.server_msg_id, deliver.text)
+        text, sender, encoding = deliver.text, deliver.sender, conn.judge.encoding
+        lossy = bool(deliver.flags & DeliverFlags.LOSSY)
+        directed = bool(deliver.flags & DeliverFlags.DIRECTED)
+        stored = bool(deliver.flags & DeliverFlags.STORED)
+
+        def verify(m: Message) -> list[tuple[str, str]]:
+            out = []
+            if token["server_msg_id"] is not None and m.server_msg_id != token["server_msg_id"]:
+                out.append(("R7.5/id", f"DELIVER id={m.server_msg_id}, the MSG_ACK said {token['server_msg_id']}"))
+            if m.sender != sender:
+                out.append(("R7.5/sender", f"DELIVER from {m.sender!r}, the sender is {sender!r}"))
+            if m.text != text:
+                check = "R3.5" if not (m.flags & DeliverFlags.LOSSY) or lossy else "R3.2"
+                out.append((check, f"DELIVER text {m.text!r} in {encoding}, expected {text!r}"
+                                   + (" (lossy)" if lossy else "")))
+            if bool(m.flags & DeliverFlags.LOSSY) != lossy:
+                out.append(("R3.5/flag", f"DELIVER LOSSY flag is {'set' if m.flags & DeliverFlags.LOSSY else 'clear'}"
+                                         f" for {token['text']!r} in {encoding}"))
+            if bool(m.flags & DeliverFlags.DIRECTED) != directed:
+                out.append(("R7.5/directed", "DELIVER DIRECTED flag wrong"))
+            if bool(m.flags & DeliverFlags.STORED) != stored:
+                out.append(("R7.7/stored-flag", f"DELIVER STORED flag {'set' if not stored else 'missing'}"))
+            return out
+
+        check = "R7.7" if stored else "R7.1"
+        self._expect(conn, Expect("DELIVER", check, f"DELIVER from {sender}: {token['text']!r}",
+                                  key=token, verify=verify,
+                                  judges=("R7.5/id", "R7.5/sender", "R3.5", "R3.5/flag", "R7.5/directed",
+                                          "R7.7/stored-flag", "R3.2", *(("R3.3",) if "\ufeff" in token["text"] else ()),
+                                          *(("R3.6",) if stored else ()), *(("R7.7/order",) if stored else ()),
+                                          *(("R7.8",) if conn.core.session.user == sender else ()))),
+                     ordered=stored)
+
+    def _expect_msg_ack(self, conn: Conn, ack: Message) -> None:
+        token = self._token(ack.server_msg_id, "")
+        results = [(r.name, r.outcome) for r in ack.results]
+        directed = bool(results)  # one result per named recipient (R7.4): none for a broadcast
+        if not directed:
+            self.passed("R7.7/broadcast-not-stored")
+        fuzzy = set(self.fuzzy)
+        store, core_id = self.store, ack.server_msg_id
+
+        def verify(m: Message) -> list[tuple[str, str]]:
+            out = []
+            token["server_msg_id"] = m.server_msg_id
+            if m.msg_id != ack.msg_id:
+                out.append(("R7.3/msg-id", f"MSG_ACK msg_id={m.msg_id}, the MSG's is {ack.msg_id}"))
+            if m.server_msg_id <= self.last_server_msg_id:
+                out.append(("R7.3/increasing", f"server_msg_id {m.server_msg_id} is not above the earlier "
+                                                f"{self.last_server_msg_id}"))
+            self.last_server_msg_id = max(self.last_server_msg_id, m.server_msg_id)
+            got = [(r.name, r.outcome) for r in m.results]
+            for name, outcome in got:  # an unobserved drop: the server may not have noticed it yet
+                key = name_key(name)
+                if key in fuzzy and outcome is not Outcome.QUEUED:  # not stored there: nor here
+                    store.forget([item.id for item in store.stored_for(key) if item.server_msg_id == core_id])
+            if len(got) != len(results) or any(
+                gn != en or (go != eo and not (name_key(en) in fuzzy and go in (Outcome.QUEUED, Outcome.DELIVERED, Outcome.LOSSY)))
+                for (gn, go), (en, eo) in zip(got, results, strict=False)
+            ):
+                out.append(("R7.4/outcome", "MSG_ACK results " + ", ".join(f"{n}={o.name}" for n, o in got)
+                            + "; expected " + ", ".join(f"{n}={o.name}" for n, o in results)))
+            if not fuzzy and (m.delivered, m.lossy) != (ack.delivered, ack.lossy):
+                out.append(("R7.4/counts", f"MSG_ACK delivered={m.delivered} lossy={m.lossy}, expected "
+                                           f"delivered={ack.delivered} lossy={ack.lossy}"))
+            return out
+
+        self._expect(conn, Expect("MSG_ACK", "R7.3", f"MSG_ACK {ack.msg_id}", verify=verify,
+                                  judges=("R7.3/msg-id", "R7.3/increasing", "R7.4/outcome", "R7.4/counts")), ordered=True)
+        self.current_msg = (conn, ack, directed)
+
+    def _expect_pong(self, conn: Conn, pong: Message) -> None:
+        nonce = pong.nonce
+        self._expect(conn, Expect("PONG", "R9.1", f"PONG {nonce}", key=nonce,
+                                  verify=lambda m: [] if m.nonce == nonce else
+                                  [("R9.1", f"PONG nonce {m.nonce}, the PING's was {nonce}")]), ordered=True)
+
+    def _expect_bye(self, conn: Conn, bye: Message) -> None:
+        reason = bye.reason
+        after = "after QUIT" if reason is ByeReason.QUIT else f"for {reason.name}"
+        self._expect(conn, Expect("BYE", "R10.2", f"BYE {reason.name}",
+                                  judges=("R10.1",),
+                                  verify=lambda m: [] if m.reason == reason else
+                                  [("R10.2", f"BYE {m.reason.name} {after}")]), ordered=True)
+
+    def _expect_error(self, conn: Conn, error: Message) -> None:
+        violation = getattr(conn.core.session, "violation", None)
+        handling = self._handling
+        if violation is not None and violation.reply is error:  # the engine's answer to what we sent
+            self._expect_answer(conn, violation)
+        elif error.code is ErrorCode.IDLE_TIMEOUT:
+            self._expect_timeout(conn, error)
+        elif error.code is ErrorCode.SESSION_REPLACED:
+            self._expect_fatal(conn, [(error.code, "R6.6")],
+                               detail=lambda m: f"the replaced session got ERROR {m.code.name}, expected fatal "
+                                                f"SESSION_REPLACED")
+        elif error.code in _HELLO_ERRORS and isinstance(handling, Message) and handling.NAME == "HELLO":
+            allowed = [(error.code, _HELLO_ERRORS[error.code][0])]
+            allowed += [(code, rule) for code, (rule, broken) in _HELLO_ERRORS.items()
+                        if code is not error.code and broken(handling)]
+            self._expect_fatal(conn, allowed, judges=tuple(rule for _, rule in allowed))
+        else:
+            self._expect_fatal(conn, [(error.code, error.rule)])
+
+    def _expect_fatal(self, conn: Conn, allowed: list[tuple[ErrorCode, str]], *, judges: tuple[str, ...] = (),
+                      detail: Callable[[Message], str] | None = None) -> None:
+        """A fatal ERROR with one of the ``allowed`` (code, rule); the core's close follows."""
+        rule = allowed[0][1]
+        codes = [code for code, _ in allowed]
+        names = " or ".join(code.name for code in codes)
+
+        def verify(m: Message) -> list[tuple[str, str]]:
+            if m.code not in codes or not m.flags & ErrorFlags.FATAL:
+                return [(rule, detail(m) if detail else f"expected a fatal ERROR {names}, got {m.code.name}")]
+            return []
+
+        self._expect(conn, Expect("ERROR", rule, f"fatal ERROR {names}", verify=verify, judges=judges), ordered=True)
+
+    def _expect_answer(self, conn: Conn, violation: ProtocolViolation) -> None:
+        """The ERROR that answers an illegal or malformed frame, as the core's engine decided it."""
         reply = violation.reply
         fatal = violation.fatal
         code = ErrorCode(reply.code)
@@ -511,7 +936,7 @@ class Driver:
             if m.code != code:
                 out.append(("R11.1/code", f"answered {violation} with ERROR {m.code.name}, expected {code.name}"))
             if bool(m.flags & ErrorFlags.FATAL) != fatal:
-                check = "R11.3" if conn.account is not None else "R6.7"
+                check = "R11.3" if conn.authenticated else "R6.7"
                 out.append((check, f"answered {violation} with a {'fatal' if m.flags else 'non-fatal'} ERROR, "
                                    f"expected {'fatal' if fatal else 'non-fatal'}"))
             # After bad magic, whether "the header was read" is the receiver's call (R11.1): 0 or its type byte.
@@ -523,291 +948,28 @@ class Driver:
         self._expect(conn, Expect("ERROR", owed, f"ERROR {code.name} ({'fatal' if fatal else 'non-fatal'})",
                                   verify=verify, judges=(rule, "R11.1", "R11.1/code", "R11.1/regarding",
                                                          *(("R7.9",) if reply.regarding == MSG.TYPE else ()),
-                                                         "R11.3" if conn.account is not None else "R6.7",
+                                                         "R11.3" if conn.authenticated else "R6.7",
                                                          *(("R2.8",) if fatal and violation.error.rule in _FRAMING else ()))),
                      ordered=True)
-        self._mirror_send(conn, reply)
-        if fatal:
-            self._expect(conn, Expect("CLOSE", "R10.4", "close after the fatal ERROR"))
-            self._session_ends(conn, LeftReason.ERROR, wait_for_close=True)
-        else:
+        if not fatal:
             self.passed("R11.3")
 
-    def _on_HELLO(self, conn: Conn, hello: Message) -> None:
-        # Both wrong: the spec orders neither check first, so either error is right.
-        wrong = [(code, rule) for broken, code, rule in (
-            (not set(hello.versions) & set(SUPPORTED_VERSIONS), ErrorCode.UNSUPPORTED_VERSION, "R5.2"),
-            (hello.encoding not in ENCODINGS, ErrorCode.UNSUPPORTED_ENCODING, "R5.3")) if broken]
-        if wrong:
-            self._expect_fatal(conn, wrong, hello.TYPE)
-        else:
-            def verify(m: Message) -> list[tuple[str, str]]:
-                out = []
-                if m.version != max(set(hello.versions) & set(SUPPORTED_VERSIONS)):
-                    out.append(("R5.2", f"HELLO_OK chose version {m.version}"))
-                if m.encoding != hello.encoding:
-                    out.append(("R5.4", f"HELLO_OK names encoding {m.encoding!r}, HELLO asked {hello.encoding!r}"))
-                for name in ("max_frame", "max_text", "max_recipients", "login_attempts"):
-                    if getattr(m, name) > getattr(LIMITS, name) or getattr(m, name) == 0:
-                        out.append(("R5.4/limits", f"HELLO_OK announces {name}={getattr(m, name)}, the spec allows "
-                                              f"1..{getattr(LIMITS, name)}"))
-                return out
-
-            self._expect(conn, Expect("HELLO_OK", "R5.4", "HELLO_OK", verify=verify), ordered=True)
-            self._mirror_send(conn, HELLO_OK(version=1, max_frame=0, max_text=0, idle_timeout_s=0, max_recipients=0,
-                                             login_attempts=0, encoding=hello.encoding, software="model"))
-
-    def _expect_fatal(self, conn: Conn, allowed: list[tuple[ErrorCode, str]], regarding: int) -> None:
-        """A fatal ERROR with one of the ``allowed`` (code, rule), then the close."""
-        code, rule = allowed[0]
-        names = " or ".join(c.name for c, _ in allowed)
-
-        def verify(m: Message) -> list[tuple[str, str]]:
-            if m.code not in [c for c, _ in allowed] or not m.flags & ErrorFlags.FATAL:
-                return [(rule, f"expected a fatal ERROR {names}, got {m.code.name}")]
-            return []
-
-        self._expect(conn, Expect("ERROR", rule, f"fatal ERROR {names}", verify=verify,
-                                  judges=tuple(r for _, r in allowed)), ordered=True)
-        self._mirror_send(conn, ERROR(code=code, flags=ErrorFlags.FATAL, regarding=regarding, rule=rule, reason=""))
-        self._expect(conn, Expect("CLOSE", "R10.4", "close after the fatal ERROR"))
-        self._session_ends(conn, LeftReason.ERROR, wait_for_close=True)
-
-    def _on_USER(self, conn: Conn, user: Message) -> None:
-        conn.login_name = user.name  # no answer (R6.2)
-        self.passed("R6.2/no-answer")
-
-    def _on_PASS(self, conn: Conn, password: Message) -> None:
-        account = self.by_key.get(name_key(conn.login_name or ""))
-        conn.login_name = None
-        sent = time.monotonic()
-        if account is not None and account.password == password.password:
-            self._login(conn, account)
-            return
-        conn.failures += 1
-        attempts = conn.hello_ok.login_attempts if conn.hello_ok is not None else LIMITS.login_attempts
-        left = max(attempts - conn.failures, 0)
-        rule = "R6.2" if account is not None else "R6.2/unknown-user"
-
-        def verify(m: Message) -> list[tuple[str, str]]:
-            if m.NAME == "AUTH_OK":
-                return [(rule, f"a wrong password (or unknown user) was accepted: {m.name} logged in")]
-            if m.attempts_left != left:
-                return [("R6.3", f"AUTH_FAILED attempts_left={m.attempts_left}, expected {left}")]
-            return []
-
-        self._expect(conn, Expect("AUTH_FAILED", rule, f"AUTH_FAILED attempts_left={left}", verify=verify,
-                                  judges=("R6.3", "R6.2"),
-                                  not_before=sent + LIMITS.backoff_base_ms / 1000 - _BACKOFF_SLACK_S,
-                                  not_before_check="R6.4"), ordered=True)
-        self._mirror_send(conn, AUTH_FAILED(attempts_left=left))
-        if left == 0:
-            self._expect(conn, Expect("CLOSE", "R6.3", "close after the last AUTH_FAILED"))
-            self._session_ends(conn, LeftReason.ERROR, wait_for_close=True)
-
-    def _online_names(self) -> dict[str, str]:
-        return {key: c.account.name for key, c in self.online.items() if c.account is not None}
-
-    def _list_verifier(self, check: str, expected: dict[str, str], field_name: str = "online") -> Callable[[Message], list[tuple[str, str]]]:
-        fuzzy = set(self.fuzzy)
-
-        def verify(m: Message) -> list[tuple[str, str]]:
-            got = {name_key(n): n for n in getattr(m, field_name)}
-            out = []
-            missing = sorted(n for k, n in expected.items() if k not in got)
-            extra = sorted(n for k, n in got.items() if k not in expected and k not in fuzzy)
-            if missing or extra:
-                out.append((check, f"{m.NAME} lists {sorted(got.values())}: "
-                                   + (f"missing {missing}" if missing else "") + (" " if missing and extra else "")
-                                   + (f"not online: {extra}" if extra else "")))
-            wrong = sorted(n for k, n in got.items() if k in expected and n != expected[k])
-            if wrong:
-                out.append(("R4.1/registered-name", f"{m.NAME} spells {wrong} differently from the accounts"))
-            if m.flags & ListFlags.MORE:
-                out.append((check, f"{m.NAME} has MORE set for a list of {len(got)} names"))
-            return out
-
-        return verify
-
-    def _login(self, conn: Conn, account: Account) -> None:
-        key = account.key
-        previous = self.online.get(key)
-        if previous is not None and previous is not conn:  # R6.6: the new session wins
-            self._expect_fatal_replaced(previous)
-        self.fuzzy.discard(key)
-        conn.account = account
-        self.online[key] = conn
-        expected = self._online_names()
-
-        def verify(m: Message) -> list[tuple[str, str]]:
-            out = self._list_verifier("R6.5", expected)(m)
-            if m.NAME == "AUTH_OK" and m.name != account.name:
-                out.append(("R6.5/registered-name", f"AUTH_OK names {m.name!r}, the account is {account.name!r}"))
-            return out
-
-        self._expect(conn, Expect("AUTH_OK", "R6.5", f"AUTH_OK {account.name}", verify=verify,
-                                  judges=("R6.5/registered-name", "R4.1/registered-name")), ordered=True)
-        self._mirror_send(conn, AUTH_OK(flags=ListFlags(0), name=account.name, online=()))
-        for other in self.online.values():
-            if other is not conn:
-                self._expect(other, Expect("JOINED", "R8.1", f"JOINED {account.name}", key=key,
-                                           verify=lambda m, n=account.name: [] if m.name == n else
-                                           [("R8.1", f"JOINED names {m.name!r}, not {n!r}")]), ordered=True)
-                self._mirror_send(other, JOINED(name=account.name))
-        for item in self.stored.pop(key, []):
-            self._expect_deliver(conn, item, stored=True)
-
-    def _expect_fatal_replaced(self, old: Conn) -> None:
-        def verify(m: Message) -> list[tuple[str, str]]:
-            if m.code != ErrorCode.SESSION_REPLACED or not m.flags & ErrorFlags.FATAL:
-                return [("R6.6", f"the replaced session got ERROR {m.code.name}, expected fatal SESSION_REPLACED")]
-            return []
-
-        self._expect(old, Expect("ERROR", "R6.6", "fatal ERROR SESSION_REPLACED", verify=verify), ordered=True)
-        self._mirror_send(old, ERROR(code=ErrorCode.SESSION_REPLACED, flags=ErrorFlags.FATAL, regarding=0, rule="R6.6", reason=""))
-        self._expect(old, Expect("CLOSE", "R10.4", "close after the fatal ERROR"))
-        self._session_ends(old, LeftReason.REPLACED, wait_for_close=True)
-
-    def _session_ends(self, conn: Conn, reason: LeftReason, *, wait_for_close: bool = False) -> None:
-        """The model's server forgets ``conn``: every other authenticated session sees LEFT (R8.2)."""
-        account = conn.account
-        if not wait_for_close:
-            self._mirror_closed(conn)
-        if account is None or self.online.get(account.key) is not conn:
-            return
-        del self.online[account.key]
-        observers = [c for c in self.online.values() if c.open]
-        if not observers and reason is LeftReason.DROPPED:
-            self.fuzzy.add(account.key)
-            self.were_fuzzy.add(account.key)  # nobody can see when the server notices (R10.5)
-        for other in observers:
-            self._expect(other, Expect(
-                "LEFT", "R8.2", f"LEFT {account.name} {reason.name}", key=account.key,
-                verify=lambda m, r=reason, n=account.name: (
-                    [] if m.reason == r and m.name == n else
-                    [("R8.2/reason", f"LEFT {m.name} {m.reason.name}, expected LEFT {n} {r.name}")]),
-                judges=("R8.2/reason", *({LeftReason.DROPPED: ("R10.5",), LeftReason.REPLACED: ("R6.6",)}
-                                         .get(reason, ())))),
-                ordered=True)
-            self._mirror_send(other, LEFT(reason=reason, name=account.name))
-
-    def _on_MSG(self, conn: Conn, msg: Message) -> None:
-        sender = conn.account
-        assert sender is not None
-        online = {k: c for k, c in self.online.items() if c.open}
-        plan = route(sender.key, msg.recipients, online,
-                     lambda key: a.name if (a := self.by_key.get(key)) is not None else None, name_key)
-        token: dict[str, Any] = {"server_msg_id": None, "text": msg.text, "sender": sender.name,
-                                 "directed": plan.directed}
-        lossy_keys = set()
-        delivered = lossy = 0
-        for target in plan.live:
-            if not target.open:
-                continue
-            _, replaced = reencode(msg.text, target.judge.encoding)
-            delivered += 1
-            if replaced:
-                lossy += 1
-                lossy_keys.add(target.account.key if target.account else "")
-            self._expect_deliver(target, token, stored=False)
-        for key, _ in plan.stored:
-            self.stored.setdefault(key, []).append(token)
-        if not plan.directed:
-            self.passed("R7.7/broadcast-not-stored")
-        results = [(n, Outcome.LOSSY if o is Outcome.DELIVERED and name_key(n) in lossy_keys else o)
-                   for n, o in plan.results]
-        fuzzy = set(self.fuzzy)
+    def _expect_timeout(self, conn: Conn, error: Message) -> None:
+        """IDLE_TIMEOUT (R6.8 before AUTH_OK, R9.2 after): right whenever we were silent long enough."""
+        check = f"{error.rule}/timeout"
+        timeout_s = self.limits.idle_timeout_s
+        since = conn.last_sent
 
         def verify(m: Message) -> list[tuple[str, str]]:
             out = []
-            token["server_msg_id"] = m.server_msg_id
-            if m.msg_id != msg.msg_id:
-                out.append(("R7.3/msg-id", f"MSG_ACK msg_id={m.msg_id}, the MSG's is {msg.msg_id}"))
-            if m.server_msg_id <= self.last_server_msg_id:
-                out.append(("R7.3/increasing", f"server_msg_id {m.server_msg_id} is not above the earlier "
-                                                f"{self.last_server_msg_id}"))
-            self.last_server_msg_id = max(self.last_server_msg_id, m.server_msg_id)
-            got = [(r.name, r.outcome) for r in m.results]
-            for name, outcome in got:  # an unobserved drop: the server may not have noticed it yet
-                held = self.stored.get(name_key(name), [])
-                if name_key(name) in fuzzy and outcome is not Outcome.QUEUED:
-                    held[:] = [t for t in held if t is not token]
-            if len(got) != len(results) or any(
-                gn != en or (go != eo and not (name_key(en) in fuzzy and go in (Outcome.QUEUED, Outcome.DELIVERED, Outcome.LOSSY)))
-                for (gn, go), (en, eo) in zip(got, results, strict=False)
-            ):
-                out.append(("R7.4/outcome", "MSG_ACK results " + ", ".join(f"{n}={o.name}" for n, o in got)
-                            + "; expected " + ", ".join(f"{n}={o.name}" for n, o in results)))
-            if not fuzzy and (m.delivered, m.lossy) != (delivered, lossy):
-                out.append(("R7.4/counts", f"MSG_ACK delivered={m.delivered} lossy={m.lossy}, expected "
-                                           f"delivered={delivered} lossy={lossy}"))
+            if m.code != ErrorCode.IDLE_TIMEOUT or not m.flags & ErrorFlags.FATAL:
+                out.append((check, f"expected a fatal ERROR IDLE_TIMEOUT, got {m.code.name}"))
+            if time.monotonic() - since < timeout_s - _BACKOFF_SLACK_S:
+                out.append((check, f"IDLE_TIMEOUT after {time.monotonic() - since:.2f} s of silence, "
+                                   f"before the announced {timeout_s} s"))
             return out
 
-        self._expect(conn, Expect("MSG_ACK", "R7.3", f"MSG_ACK {msg.msg_id}", verify=verify,
-                                  judges=("R7.3/msg-id", "R7.3/increasing", "R7.4/outcome", "R7.4/counts")), ordered=True)
-        self._mirror_send(conn, MSG_ACK(msg_id=msg.msg_id, server_msg_id=0, delivered=0, lossy=0, results=()))
-        self.current_msg = (conn, msg, plan.directed)
-
-    def _expect_deliver(self, target: Conn, token: dict[str, Any], *, stored: bool) -> None:
-        text, replaced = reencode(token["text"], target.judge.encoding)
-
-        def verify(m: Message) -> list[tuple[str, str]]:
-            out = []
-            if token["server_msg_id"] is not None and m.server_msg_id != token["server_msg_id"]:
-                out.append(("R7.5/id", f"DELIVER id={m.server_msg_id}, the MSG_ACK said {token['server_msg_id']}"))
-            if m.sender != token["sender"]:
-                out.append(("R7.5/sender", f"DELIVER from {m.sender!r}, the sender is {token['sender']!r}"))
-            if m.text != text:
-                check = "R3.5" if not (m.flags & DeliverFlags.LOSSY) or replaced else "R3.2"
-                out.append((check, f"DELIVER text {m.text!r} in {target.judge.encoding}, expected {text!r}"
-                                   + (" (lossy)" if replaced else "")))
-            if bool(m.flags & DeliverFlags.LOSSY) != bool(replaced):
-                out.append(("R3.5/flag", f"DELIVER LOSSY flag is {'set' if m.flags & DeliverFlags.LOSSY else 'clear'}"
-                                         f" for {token['text']!r} in {target.judge.encoding}"))
-            if bool(m.flags & DeliverFlags.DIRECTED) != token["directed"]:
-                out.append(("R7.5/directed", "DELIVER DIRECTED flag wrong"))
-            if bool(m.flags & DeliverFlags.STORED) != stored:
-                out.append(("R7.7/stored-flag", f"DELIVER STORED flag {'set' if not stored else 'missing'}"))
-            return out
-
-        check = "R7.7" if stored else "R7.1"
-        self._expect(target, Expect("DELIVER", check, f"DELIVER from {token['sender']}: {token['text']!r}",
-                                    key=token, verify=verify,
-                                    judges=("R7.5/id", "R7.5/sender", "R3.5", "R3.5/flag", "R7.5/directed",
-                                            "R7.7/stored-flag", "R3.2", *(("R3.3",) if "\ufeff" in token["text"] else ()),
-                                            *(("R3.6",) if stored else ()), *(("R7.7/order",) if stored else ()),
-                                            *(("R7.8",) if target.account is not None and
-                                              target.account.name == token["sender"] else ()))),
-                      ordered=stored)
-        self._mirror_send(target, DELIVER(server_msg_id=0, timestamp_ms=0, flags=DeliverFlags(0), sender=token["sender"], text=""))
-
-    def _on_LIST(self, conn: Conn, _: Message) -> None:
-        expected = self._online_names()
-        self._expect(conn, Expect("USERS", "R8.3", "USERS", verify=self._list_verifier("R8.3", expected)), ordered=True)
-        self._mirror_send(conn, USERS(flags=ListFlags(0), online=()))
-
-    def _on_PING(self, conn: Conn, ping: Message) -> None:
-        nonce = ping.nonce
-        self._expect(conn, Expect("PONG", "R9.1", f"PONG {nonce}", key=nonce,
-                                  verify=lambda m: [] if m.nonce == nonce else
-                                  [("R9.1", f"PONG nonce {m.nonce}, the PING's was {nonce}")]), ordered=True)
-        self._mirror_send(conn, PONG(nonce=nonce))
-
-    def _on_QUIT(self, conn: Conn, _: Message) -> None:
-        self._expect(conn, Expect("BYE", "R10.2", "BYE QUIT",
-                                  judges=("R10.1",),
-                                  verify=lambda m: [] if m.reason == ByeReason.QUIT else
-                                  [("R10.2", f"BYE {m.reason.name} after QUIT")]), ordered=True)
-        self._mirror_send(conn, BYE(reason=ByeReason.QUIT))
-        if not self.lenient:
-            self._expect(conn, Expect("CLOSE", "R10.2/close", "close after BYE"))
-        self._session_ends(conn, LeftReason.QUIT, wait_for_close=not self.lenient)
-
-    def _on_ERROR(self, conn: Conn, error: Message) -> None:
-        if error.flags & ErrorFlags.FATAL:  # we gave up, and close (R10.4): the others see LEFT ERROR (R8.2)
-            self._session_ends(conn, LeftReason.ERROR)
-            self._note(conn, "closes after its fatal ERROR")
-            self._close(conn)
+        self._expect(conn, Expect("ERROR", check, "fatal ERROR IDLE_TIMEOUT", verify=verify))
 
     # --- judging what arrives -------------------------------------------------------------------
     def _judge(self, conn: Conn, event: Any) -> None:
@@ -825,7 +987,6 @@ class Driver:
             # A client never survives that (R11.3): we close, and judge nothing more on this session.
             conn.expects.clear()
             self._close(conn)
-            self._session_ends(conn, LeftReason.DROPPED)
             return
         message: Message = event
         for check in _EVERY_FRAME:
@@ -834,19 +995,22 @@ class Driver:
         arrow_at = len(self.chart.events)
         self._arrow(conn, label(message), outgoing=False)
         if message.NAME == "PING":  # the server MAY ping after AUTH_OK (R9.1, R9.2)
-            self._mirror_send(conn, message)
+            core = conn.core
+            if not conn.gone and not core.closed:  # the core's keep-alive, already here
+                conn.absorb = "PING"
+                with contextlib.suppress(LocalProtocolError):
+                    self._core(lambda now: self.core.keepalive(core, now))
+                conn.absorb = ""
             if not conn.silent and conn.judge.can_send(PONG):
                 data = conn.judge.send(PONG(nonce=message.nonce))
                 self._arrow(conn, f"PONG {message.nonce}", outgoing=True)
                 self._write(conn, data, ())
-                self._model_received(conn, data)
+                self._feed(conn, data)
             elif conn.silent:
                 self.passed("R9.2/ping")  # SHOULD: pinged before the timeout
             return
         if message.NAME == "HELLO_OK":
-            conn.hello_ok = message
-            self.limits = dataclasses.replace(self.limits, **{
-                k: getattr(message, k) for k in ("max_text", "idle_timeout_s", "max_recipients", "login_attempts")})
+            self._adopt_limits(message)
         if message.NAME == "BYE" or (message.NAME == "ERROR" and message.flags & ErrorFlags.FATAL):
             conn.finished = True
         expect = self._match(conn, message)
@@ -927,17 +1091,15 @@ class Driver:
             return
         elif name == "ERROR" and message.code == ErrorCode.IDLE_TIMEOUT and message.flags & ErrorFlags.FATAL:
             silent = time.monotonic() - conn.last_sent
-            rule = "R9.2" if conn.account is not None else "R6.8"
+            rule = "R9.2" if conn.authenticated else "R6.8"
             if silent >= self.limits.idle_timeout_s - _BACKOFF_SLACK_S:  # allowed whenever we were silent
                 self.passed(f"{rule}/timeout")
-                self._mirror_send(conn, message)
-                self._expect(conn, Expect("CLOSE", "R10.4", "close after the fatal ERROR"))
-                self._session_ends(conn, LeftReason.TIMEOUT, wait_for_close=True)
+                self._end_core(conn, lambda now: self.core.timed_out(conn.core))
                 return
             check, why = f"{rule}/timeout", f"IDLE_TIMEOUT after {silent:.2f} s, before the announced " \
                                             f"{self.limits.idle_timeout_s} s"
         elif name == "ERROR":
-            check, why = ("R11.3" if conn.account else "R6.7"), f"ERROR {message.code.name} ({message.reason!r}) for nothing wrong"
+            check, why = ("R11.3" if conn.authenticated else "R6.7"), f"ERROR {message.code.name} ({message.reason!r}) for nothing wrong"
         elif name == "BYE":
             check, why = "R10.2", f"BYE {message.reason.name} without QUIT"
         elif name == "PONG":
@@ -947,22 +1109,32 @@ class Driver:
         self.fail(check, f"{conn.label}: {why}")
 
     def _refused_login(self, conn: Conn, error: Message) -> None:
-        """R9.5: a server MAY refuse a PASS beyond its login rate: undo the login the model expected."""
+        """R9.5: a server MAY refuse a PASS beyond its login rate: undo the login the core made."""
         self.passed("R9.5")
         self._note(conn, "login refused: the target's login rate bound (R9.5)")
-        conn.expects = [e for e in conn.expects if e.kind not in ("AUTH_OK", "AUTH_FAILED")]
-        account = conn.account
-        if account is not None and self.online.get(account.key) is conn:
-            del self.online[account.key]
-            held = [e.key for e in conn.expects if e.kind == "DELIVER"]
-            if held:
-                self.stored[account.key] = held + self.stored.get(account.key, [])
-            for other in self.online.values():
-                other.expects = [e for e in other.expects if not (e.kind == "JOINED" and e.key == account.key)]
         conn.expects.clear()
-        conn.account = None
-        self._mirror_send(conn, error)
-        self._expect(conn, Expect("CLOSE", "R10.4", "close after the fatal ERROR"))
+        core = conn.core
+        key = core.key
+        if key is not None and self.core.presence.get(key) is core:
+            # Never online at the target: off the core's list unseen, what it took stored again.
+            self.core.presence.remove(key, core)
+            for item in conn.held:
+                self.store.store([key], item.server_msg_id, item.timestamp_ms, item.sender, item.flags, item.text)
+            for other in self.conns:
+                other.expects = [e for e in other.expects if not (e.kind == "JOINED" and e.key == key)]
+        if core.closed or conn.gone:
+            self._expect(conn, Expect("CLOSE", "R10.4", "close after the fatal ERROR"))
+        else:
+            self._end_core(conn, lambda now: self.core.end(core, error, LeftReason.ERROR))
+
+    def _end_core(self, conn: Conn, call: Callable[[float], None]) -> None:
+        """The target ended the session with the fatal ERROR that just arrived: the core ends it so
+        (``call``), the ERROR it sends is that one, and what follows it (LEFT, the close) is expected."""
+        if conn.gone or conn.core.closed:
+            return
+        conn.absorb = "ERROR"
+        self._core(call)
+        conn.absorb = ""
 
     def _on_close(self, conn: Conn, event: ConnectionClosed) -> None:
         self._note(conn, "the target closes the connection")
@@ -975,18 +1147,16 @@ class Driver:
         if close is not None:
             conn.expects.remove(close)
             self.passed(close.check)
-            self._mirror_closed(conn)
-            return
-        if conn.finished:
-            return
-        state = conn.judge.state
-        if conn.account is not None and self.online.get(conn.account.key) is conn:
-            self.fail("R11.3", f"{conn.label}: the target closed an authenticated session in {state} without BYE or "
-                               "a fatal ERROR")
-        else:
-            self.fail("R10.4", f"{conn.label}: the target closed the session in {state} without BYE or a fatal ERROR")
-        self._mirror_closed(conn)
-        self._session_ends(conn, LeftReason.DROPPED)
+        elif not conn.finished:
+            state = conn.judge.state
+            core = conn.core
+            if core.key is not None and self.core.presence.get(core.key) is core:
+                self.fail("R11.3", f"{conn.label}: the target closed an authenticated session in {state} without "
+                                   "BYE or a fatal ERROR")
+            else:
+                self.fail("R10.4", f"{conn.label}: the target closed the session in {state} without BYE or a fatal "
+                                   "ERROR")
+        self._core_lost(conn, eof=False)
 
     # --- quiescence -------------------------------------------------------------------------------
     def _outstanding(self, conns: Iterable[Conn] | None = None) -> list[tuple[Conn, Expect]]:
@@ -1002,7 +1172,7 @@ class Driver:
         self._arrow(conn, f"PING {self._nonce}", outgoing=True)
         data = conn.judge.send(message)
         self._write(conn, data, ())
-        self._model_received(conn, data)
+        self._feed(conn, data)
 
     def settle(self, *, barrier: bool = True, deadline_s: float | None = None) -> None:
         """Wait until every expectation is met, then the PING barrier; fail what is still missing.
@@ -1066,3 +1236,4 @@ class Driver:
             conn.sock.close()
         conn.dropped = True
         conn.judge.close()
+        self._core_lost(conn, eof=True)

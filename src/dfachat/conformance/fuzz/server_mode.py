@@ -160,7 +160,7 @@ def _conn_choice(data: Any, conns: list[int]) -> int:
 
 
 def illegal_messages(state: str) -> list[MessageSpec]:
-    """The message types the server's table has no row for in ``state`` (its mirror's state).
+    """The message types the server's table has no row for in ``state`` (its oracle session's state).
 
     Types the server never receives (R12.3) included: every one is UNEXPECTED_MESSAGE there,
     whatever its fields hold, so a well-formed instance has exactly one right answer.
@@ -527,14 +527,14 @@ class ServerFuzzMachine(RuleBasedStateMachine):
     def illegal(self, data: Any) -> None:
         """A message the server's table has no row for here (R12.1, R12.3), with valid field values.
 
-        The mirror decides the answer: non-fatal ERROR after AUTH_OK (R11.3), fatal before (R6.7).
+        The oracle's core decides the answer: non-fatal ERROR after AUTH_OK (R11.3), fatal before (R6.7).
         """
         if not self._go("illegal"):
             return
         index = _conn_choice(data, self._conns(lambda c: c.open and not c.expects and c.judge.state in
                                                ("ESTABLISHED", "SEND_USER")))
         conn = self.driver.conns[index]
-        options = illegal_messages(conn.mirror.state)
+        options = illegal_messages(conn.server_state)
         if not options:
             return
         spec = data.draw(st.sampled_from(options), label="illegal type")
@@ -560,7 +560,7 @@ class ServerFuzzMachine(RuleBasedStateMachine):
                                                 ("ESTABLISHED", "SEND_USER"))))
     @rule(data=st.data())
     def malformed(self, data: Any) -> None:
-        """One frame with one defect per error class: the ERROR the mirror's codec says (section 2-4)."""
+        """One frame with one defect per error class: the ERROR the oracle's codec says (section 2-4)."""
         if not self._go("malformed"):
             return
         index = _conn_choice(data, self._conns(lambda c: c.open and not c.expects and c.judge.state in

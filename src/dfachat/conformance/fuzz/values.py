@@ -8,7 +8,7 @@
 * :data:`MALFORMED` -- one frame builder per payload and framing error class
   of :mod:`dfachat.errors` (which the spec maps to error codes): each builds
   a frame with exactly that one defect, so exactly one answer is right. The
-  answer itself comes from the mirror session's codec, not from here.
+  answer itself comes from the oracle core's session codec, not from here.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def _invalid_text_frame(authenticated: bool, encoding: str) -> tuple[bytes, str]
 
 
 # Each builder: (authenticated, session encoding) -> (frame, description). Keyed by the error class
-# it provokes; the answer a server owes is the mirror's decoder's, not restated here.
+# it provokes; the answer a server owes is the oracle core's decoder's, not restated here.
 Builder = Callable[[bool, str], tuple[bytes, str]]
 
 MALFORMED: dict[type[FrameError], Builder] = {
