@@ -93,22 +93,30 @@ def test_spec_markdown_is_the_document() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "complaint"),
+    ("args", "complaint", "help_of"),
     [
-        (("serve-me-tea",), "invalid choice"),
-        ((), "required"),
-        (("spec", "--json", "--markdown"), "not allowed with"),
-        (("spec", "--yaml"), "unrecognized arguments"),
+        (("serve-me-tea",), "invalid choice: 'serve-me-tea'", "dfachat"),
+        (("spec", "--json", "--markdown"), "not allowed with", "dfachat spec"),
+        (("spec", "--yaml"), "unrecognized arguments: --yaml", "dfachat"),
     ],
 )
-def test_bad_usage_exits_2_with_a_usage_message(args: tuple[str, ...], complaint: str) -> None:
+def test_bad_usage_exits_2_with_one_line(args: tuple[str, ...], complaint: str, help_of: str) -> None:
     result = run(*args)
     assert result.returncode == 2
     err = result.stderr.decode()
-    assert "usage: dfachat" in err
-    assert complaint in err
-    assert "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith(f"{help_of}: error: ")  # no usage block
+    assert complaint in err and f"(see `{help_of} --help`)" in err
     assert result.stdout == b""
+
+
+def test_dfachat_alone_lists_every_command_on_one_line() -> None:
+    result = run()
+    assert result.returncode == 0 and result.stderr == b""
+    out = result.stdout.decode()
+    names = ["spec", "server", "users", "client", "gui", "cert", "check", "diagram", "docs", "fuzz"]
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert listed == names
+    assert "dfachat server --demo" in out and "--help" in out
 
 
 def test_help_lists_the_commands() -> None:

@@ -42,6 +42,47 @@ def _write(text: str) -> None:
     buffer.flush()
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line: what was wrong, and where help is.
+
+    The usage block argparse prints first buries the one line that matters; ``--help`` shows it.
+    """
+
+    def error(self, message: str) -> Any:  # argparse declares NoReturn
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _port(*, allow_zero: bool) -> Callable[[str], int]:
+    """An argparse type: a TCP port, 1 to 65535 (0 too when ``allow_zero``: any free port)."""
+    low = 0 if allow_zero else 1
+
+    def port(text: str) -> int:
+        value = int(text) if text.strip().isdigit() else -1
+        if not low <= value <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a port: give a number from {low} to 65535"
+                + (" (0 picks a free one)" if allow_zero else "")
+            )
+        return value
+
+    return port
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {minimum}")
+        return value
+
+    return count
+
+
 class _VersionAction(argparse.Action):
     """``--version``: the package and protocol versions (the spec is imported only here)."""
 
@@ -129,17 +170,26 @@ def _add_db_option(parser: argparse.ArgumentParser, default: Any = None) -> None
         "--db",
         default=default,
         metavar="PATH",
-        help="the SQLite database (default: $XDG_DATA_HOME/dfachat/dfachat.db, "
-        "~/.local/share/dfachat/dfachat.db when unset); created on first use",
+        help="the SQLite database file, created on first use; its directory must exist (default: "
+        "$XDG_DATA_HOME/dfachat/dfachat.db, ~/.local/share/dfachat/dfachat.db when unset, whose "
+        "directory is created too)",
     )
 
 
 def _db_path(args: argparse.Namespace) -> Any:
+    """The database path: the default one's directory is created on first use, but a --db in
+    a directory that does not exist is refused (a typo should not silently make directories)."""
     from pathlib import Path
 
-    from dfachat.server.store import default_db_path
+    from dfachat.server.store import StoreError, default_db_path
 
-    return Path(args.db) if args.db else default_db_path()
+    if not args.db:
+        return default_db_path()
+    path = Path(args.db)
+    if not path.parent.is_dir():
+        raise StoreError(f"--db {args.db}: the directory {path.parent} does not exist: create it "
+                         f"first (mkdir -p {path.parent}) or give --db a path in an existing directory")
+    return path
 
 
 def _add_server(commands: argparse._SubParsersAction) -> None:
@@ -152,28 +202,33 @@ def _add_server(commands: argparse._SubParsersAction) -> None:
         "gracefully (BYE to every session).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--port", type=_port(allow_zero=True), default=DEFAULT_PORT,
+        help=f"port (default {DEFAULT_PORT}; 0 picks a free one and prints it)",
+    )
     _add_db_option(parser)
     parser.add_argument(
         "--demo",
         action="store_true",
         help="create the demo accounts Liz/pw1, Steve/pw2, Bailey/pw3 if they are missing",
     )
-    parser.add_argument("--max-connections", type=int, default=10_000, help="refuse beyond this many (R1.4)")
     parser.add_argument(
-        "--max-per-address", type=int, default=LIMITS.max_per_address, metavar="N",
+        "--max-connections", type=_count(1), default=10_000, metavar="N", help="refuse beyond this many (R1.4)"
+    )
+    parser.add_argument(
+        "--max-per-address", type=_count(1), default=LIMITS.max_per_address, metavar="N",
         help=f"connections open at once from one address (R1.5; default {LIMITS.max_per_address})",
     )
     parser.add_argument(
-        "--max-logins-per-minute", type=int, default=LIMITS.max_logins_per_minute, metavar="N",
+        "--max-logins-per-minute", type=_count(1), default=LIMITS.max_logins_per_minute, metavar="N",
         help=f"login attempts from one address in any 60 s (R9.5; default {LIMITS.max_logins_per_minute})",
     )
     parser.add_argument(
-        "--max-bytes-per-s", type=int, default=LIMITS.max_bytes_per_s, metavar="N",
+        "--max-bytes-per-s", type=_count(1), default=LIMITS.max_bytes_per_s, metavar="N",
         help=f"bytes a session may send per second (R9.4; default {LIMITS.max_bytes_per_s})",
     )
     parser.add_argument(
-        "--max-burst-bytes", type=int, default=LIMITS.max_burst_bytes, metavar="N",
+        "--max-burst-bytes", type=_count(1), default=LIMITS.max_burst_bytes, metavar="N",
         help=f"bytes a session may send at once above that rate (R9.4; default {LIMITS.max_burst_bytes})",
     )
     parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate (chain)")
@@ -207,7 +262,8 @@ def cmd_server(args: argparse.Namespace) -> int:
             print(f"dfachat: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return EXIT_ERROR
     if args.max_burst_bytes < LIMITS.max_frame:
-        print(f"dfachat: error: --max-burst-bytes must be at least one frame ({LIMITS.max_frame})", file=sys.stderr)
+        print(f"dfachat: error: --max-burst-bytes {args.max_burst_bytes} is less than one frame: give at "
+              f"least {LIMITS.max_frame}", file=sys.stderr)
         return EXIT_ERROR
     tls = None
     if args.tls_cert is not None:
@@ -268,30 +324,40 @@ def _read_password(name: str) -> str:
 
 def cmd_users(args: argparse.Namespace) -> int:
     """``dfachat users add|remove|passwd NAME`` and ``dfachat users list``."""
-    from dfachat.server.store import Store
+    import sqlite3
+
+    from dfachat.server.store import Store, StoreError, unusable
 
     store = Store(_db_path(args))
     try:
-        if args.action == "list":
-            for name in store.list_users():
-                _write(name + "\n")
-        elif args.action == "add":
-            store.check_name(args.name)
-            store.add_user(args.name, _read_password(args.name))
-            _write(f"added {args.name}\n")
-        elif args.action == "passwd":
-            if store.lookup(args.name) is None:
-                print(f"dfachat: error: no account named {args.name!r}", file=sys.stderr)
-                return EXIT_ERROR
-            store.set_password(args.name, _read_password(args.name))
-            _write(f"changed the password of {args.name}\n")
-        elif args.action == "remove":
-            if not store.remove_user(args.name):
-                print(f"dfachat: error: no account named {args.name!r}", file=sys.stderr)
-                return EXIT_ERROR
-            _write(f"removed {args.name}\n")
+        return _users_action(store, args)
+    except sqlite3.Error as exc:  # e.g. a read-only file or directory, found at the first write
+        raise StoreError(unusable(store.path, exc)) from None
     finally:
         store.close()
+
+
+def _users_action(store: Any, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for name in store.list_users():
+            _write(name + "\n")
+    elif args.action == "add":
+        store.check_name(args.name)
+        store.add_user(args.name, _read_password(args.name))
+        _write(f"added {args.name}\n")
+    elif args.action == "passwd":
+        if store.lookup(args.name) is None:
+            print(f"dfachat: error: no account named {args.name!r} (`dfachat users list` lists them)",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        store.set_password(args.name, _read_password(args.name))
+        _write(f"changed the password of {args.name}\n")
+    elif args.action == "remove":
+        if not store.remove_user(args.name):
+            print(f"dfachat: error: no account named {args.name!r} (`dfachat users list` lists them)",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        _write(f"removed {args.name}\n")
     return EXIT_OK
 
 
@@ -310,7 +376,7 @@ def _add_client(commands: argparse._SubParsersAction) -> None:
         "and the client quits at its end, once every message was acknowledged.",
     )
     parser.add_argument("--host", help="the server (asked when not given; blank means localhost)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=_port(allow_zero=False), default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument(
         "--encoding", help="text encoding: utf-8 (the default when piped), latin-1, ascii ..."
     )
@@ -376,7 +442,7 @@ def _add_gui(commands: argparse._SubParsersAction) -> None:
         "password is always typed there.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="the server (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=_port(allow_zero=False), default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument(
         "--encoding", default="utf-8", choices=list(ENCODINGS), help="text encoding (default utf-8)"
     )
@@ -508,6 +574,10 @@ _DIAGRAM_SUFFIXES = {
 _BINARY_FORMATS = ("png", "pdf")
 
 
+def _suffix_of(fmt: str) -> str:
+    return next(suffix for suffix, name in _DIAGRAM_SUFFIXES.items() if name == fmt)
+
+
 def _add_diagram(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "diagram",
@@ -554,8 +624,20 @@ def cmd_diagram(args: argparse.Namespace) -> int:
         return EXIT_OK
     output = Path(args.output) if args.output else None
     fmt = args.format
-    if fmt is None and output is not None:
-        fmt = _DIAGRAM_SUFFIXES.get(output.suffix.lower())
+    if output is not None:
+        # The file's suffix must say what it holds: Mermaid text in x.jpg fools every viewer.
+        implied = _DIAGRAM_SUFFIXES.get(output.suffix.lower())
+        known = ", ".join(sorted(_DIAGRAM_SUFFIXES))
+        if implied is None and (fmt is None or output.suffix):
+            print(f"dfachat diagram: error: -o {args.output}: cannot write a diagram as "
+                  f"{output.suffix or 'a file without a suffix'}: end the name in one of {known}",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        if fmt is not None and implied is not None and implied != fmt:
+            print(f"dfachat diagram: error: -o {args.output} names a {implied} file but --format is "
+                  f"{fmt}: end the name in {_suffix_of(fmt)} or drop --format", file=sys.stderr)
+            return EXIT_ERROR
+        fmt = fmt or implied
     if fmt is None:
         fmt = "text" if args.packets else "mermaid"
     try:
@@ -583,7 +665,8 @@ def cmd_diagram(args: argparse.Namespace) -> int:
         try:
             target.write_bytes(content)
         except OSError as exc:
-            print(f"dfachat: error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"dfachat: error: cannot write {target}: {exc.strerror or exc}; give -o a path "
+                  "in another directory, one you may write to", file=sys.stderr)
             return EXIT_ERROR
         _write(f"wrote {target}\n")
     return EXIT_OK
@@ -815,17 +898,45 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dfachat",
         description="dfachat: a chat protocol defined once as a formal spec.",
     )
     parser.add_argument(
         "--version", action=_VersionAction, help="print the dfachat and protocol versions and exit"
     )
-    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+    # Not required: `dfachat` alone lists the commands (main), and `dfachat --bogus` is
+    # refused for --bogus rather than for the missing command.
+    commands = parser.add_subparsers(dest="command", metavar="command")
     for add in _COMMANDS:
         add(commands)
     return parser
+
+
+def command_list(parser: argparse.ArgumentParser) -> str:
+    """What ``dfachat`` alone prints: each command with its one-line help."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = [(choice.dest, choice.help or "") for choice in commands._choices_actions]
+    width = max(len(name) for name, _ in helps)
+    lines = [f"dfachat {__version__}: a chat protocol defined once as a formal spec.", "", "Commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in helps]
+    lines += [
+        "",
+        "`dfachat COMMAND --help` describes a command's options, with examples.",
+        "Start here: `dfachat server --demo` in one terminal, `dfachat client` in another.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_LINE_ENDS = re.compile(r"[ \t]*[\r\n]+\s*")
+
+
+def _error_text(exc: DfachatError) -> str:
+    """A protocol error cites its rule; any other error (bad arguments, a file, the network) is
+    about the command line, where a rule id means nothing to the reader."""
+    from dfachat.errors import FrameError, ProtocolError, SpecError
+
+    return str(exc) if isinstance(exc, FrameError | ProtocolError | SpecError) else exc.detail
 
 
 def _exit_status(code: object) -> int:
@@ -839,14 +950,23 @@ def _exit_status(code: object) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dfachat`` command line; return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        parser = build_parser()
+        if not argv:
+            _write(command_list(parser))
+            return EXIT_OK
         try:
-            args = build_parser().parse_args(argv)
+            args = parser.parse_args(argv)
         except SystemExit as exc:  # --help, --version and usage errors
             return _exit_status(exc.code)
+        if args.command is None:
+            _write(command_list(parser))
+            return EXIT_OK
         return int(args.handler(args))
     except DfachatError as exc:
-        print(f"dfachat: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        # One line; only line ends are folded, so that a path with spaces is printed as it is.
+        print(f"dfachat: error: {_LINE_ENDS.sub(' ', _error_text(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

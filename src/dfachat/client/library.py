@@ -86,6 +86,7 @@ __all__ = [
     "delivery_time",
     "connect",
     "open_chat",
+    "probe",
     "tls_context",
 ]
 
@@ -164,7 +165,10 @@ def tls_context(ca: str | os.PathLike[str] | None = None) -> _ssl.SSLContext:
         return _ssl.create_default_context(cafile=None if ca is None else os.fspath(ca))
     except (OSError, _ssl.SSLError) as exc:
         reason = "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
-        raise ConnectionFailed(f"cannot use {os.fspath(ca) if ca is not None else 'the system'} CA certificates: {reason}") from None
+        hint = "; give the server's certificate (`dfachat cert` makes one) or a CA bundle" if ca is not None else ""
+        raise ConnectionFailed(
+            f"cannot use {os.fspath(ca) if ca is not None else 'the system'} CA certificates: {reason}{hint}"
+        ) from None
 
 
 # The latest time a calendar (and every time zone) can show: DELIVER's u64 milliseconds reach
@@ -241,11 +245,14 @@ class Chat:
         self._backlog: list[Any] = []  # events read with the handshake's last reply
 
     # --- handshake ----------------------------------------------------------------------
-    async def _login(self, user: str, password: str, software: str, timeout: float) -> None:
+    async def _hello(self, software: str, timeout: float) -> None:
         self._write(HELLO(versions=SUPPORTED_VERSIONS, encoding=self.encoding, software=software))
         hello_ok = await self._await(HELLO_OK, timeout)
         self.server_software = hello_ok.software
         self.limits = {k: getattr(hello_ok, k) for k in ("max_frame", "max_text", "idle_timeout_s", "max_recipients", "login_attempts")}
+
+    async def _login(self, user: str, password: str, software: str, timeout: float) -> None:
+        await self._hello(software, timeout)
         self._write(USER(name=user))
         self._write(PASS(password=password))
         reply = await self._await((AUTH_OK, AUTH_FAILED), timeout)
@@ -548,6 +555,54 @@ async def open_chat(
     """Connect and log in; returns a :class:`Chat` (call ``quit()`` when done)."""
     if encoding not in ENCODINGS:
         raise ConnectionFailed(f"{encoding!r} is not a dfachat encoding; use one of {', '.join(ENCODINGS)}", rule="R3.1")
+    chat = await _open(host, port, encoding, timeout, ssl)
+    try:
+        await chat._login(user, password, software, timeout)
+    except TimeoutError:
+        chat._writer.close()
+        raise ConnectionFailed(f"the server at {host}:{port} did not answer within {timeout:g} s") from None
+    except ClientError:
+        chat._writer.close()
+        raise
+    except DfachatError as exc:  # e.g. a name the spec forbids: say which rule
+        chat._writer.close()
+        raise ConnectionFailed(f"cannot log in: {exc.detail}", rule=exc.rule) from None
+    return chat
+
+
+async def probe(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    encoding: str = "utf-8",
+    software: str = SOFTWARE,
+    timeout: float = 10.0,
+    ssl: Any = None,
+) -> str:
+    """Check that a dfachat server answers at ``host:port`` (HELLO, HELLO_OK in ``encoding``),
+    then leave (QUIT); returns its software string. Raises what :func:`open_chat` raises.
+
+    Lets a program find out that the server is there before it asks a person for a password.
+    """
+    chat = await _open(host, port, encoding, timeout, ssl)
+    try:
+        await chat._hello(software, timeout)
+        with contextlib.suppress(DfachatError, OSError):
+            chat._write(QUIT())
+            await chat._writer.drain()
+    except TimeoutError:
+        raise ConnectionFailed(f"the server at {host}:{port} did not answer within {timeout:g} s") from None
+    except ClientError:
+        raise
+    except DfachatError as exc:
+        raise ConnectionFailed(f"the server at {host}:{port} cannot be used: {exc.detail}", rule=exc.rule) from None
+    finally:
+        chat._writer.close()
+    return chat.server_software
+
+
+async def _open(host: str, port: int, encoding: str, timeout: float, ssl: Any) -> Chat:
+    """A connected :class:`Chat` before its handshake; ConnectionFailed saying why not."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
@@ -568,19 +623,7 @@ async def open_chat(
         else:
             reason = exc.strerror or str(exc)
         raise ConnectionFailed(f"cannot reach a dfachat server at {host}:{port}: {reason}") from None
-    chat = Chat(reader, writer, encoding, f"{host}:{port}")
-    try:
-        await chat._login(user, password, software, timeout)
-    except TimeoutError:
-        writer.close()
-        raise ConnectionFailed(f"the server at {host}:{port} did not answer within {timeout:g} s") from None
-    except ClientError:
-        writer.close()
-        raise
-    except DfachatError as exc:  # e.g. a name the spec forbids: say which rule
-        writer.close()
-        raise ConnectionFailed(f"cannot log in: {exc.detail}", rule=exc.rule) from None
-    return chat
+    return Chat(reader, writer, encoding, f"{host}:{port}")
 
 
 @contextlib.asynccontextmanager

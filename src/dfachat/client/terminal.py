@@ -469,6 +469,18 @@ def _ask(question: str) -> str:
     return input(question)
 
 
+def _is_user_name(name: str) -> bool:
+    from dfachat.spec.messages import USER_NAME
+
+    return name.isascii() and USER_NAME.regex.fullmatch(name.encode()) is not None
+
+
+def _terminal_encoding() -> str:
+    import locale
+
+    return normalize_encoding(locale.getpreferredencoding(False)) or "utf-8"
+
+
 def _ask_encoding() -> str:
     while True:
         answer = _ask("Encode format: ")
@@ -504,8 +516,31 @@ async def _log_in(
             if ask_user:
                 user = None
         except ClientError as exc:  # unreachable, refused version or encoding, broken login
-            _error(exc.detail)
+            _connection_error(exc, host, port)
             return EXIT_FAILED
+
+
+def _connection_error(exc: ClientError, host: str, port: int) -> None:
+    """The library's sentence, and when nothing listens, what to do about it."""
+    import errno
+
+    detail = exc.detail
+    if detail.endswith(os.strerror(errno.ECONNREFUSED)):
+        detail += (f": nothing listens on port {port} of {host}; start a server there with "
+                   "`dfachat server --demo`, or give --port the port yours listens on")
+    _error(detail)
+
+
+async def _verify_server(host: str, port: int, encoding: str, ssl: Any) -> bool:
+    """Whether a dfachat server answers at host:port, said before anyone types a password."""
+    from dfachat.client.library import probe
+
+    try:
+        await probe(host, port, encoding=encoding, ssl=ssl)
+    except ClientError as exc:
+        _connection_error(exc, host, port)
+        return False
+    return True
 
 
 def run_client(
@@ -530,14 +565,20 @@ def run_client(
             _error(f"--encoding {encoding!r} is not one of: {', '.join(ENCODINGS)}")
             return EXIT_USAGE
         encoding = name
+    if user is not None and not _is_user_name(user):
+        _error(f"--user {user!r} is not a user name: a name is a letter, then letters, digits, _ . -")
+        return EXIT_USAGE
     if not stdin_tty and (user is None or password is None):
         _error("give --user and set DFACHAT_PASSWORD when standard input is not a terminal")
         return EXIT_USAGE
     try:
+        asked_host = host is None
         if host is None:
             host = (_ask("Host: ") if stdin_tty else "").strip() or "localhost"
         if encoding is None:
-            encoding = _ask_encoding() if stdin_tty else "utf-8"
+            # The seed's second question follows its first; when the host came from a flag,
+            # the terminal's own encoding answers it (utf-8 when dfachat does not speak that).
+            encoding = _ask_encoding() if stdin_tty and asked_host else _terminal_encoding()
         return asyncio.run(_main(host, port, encoding, user, password, interactive, json_lines, ssl))
     except EOFError:  # Ctrl-D at a prompt
         print(file=sys.stderr)
@@ -558,6 +599,8 @@ async def _main(
     json_lines: bool,
     ssl: Any = None,
 ) -> int:
+    if (user is None or password is None) and not await _verify_server(host, port, encoding, ssl):
+        return EXIT_FAILED
     chat = await _log_in(host, port, encoding, user, password, interactive, ssl)
     if isinstance(chat, int):
         return chat

@@ -7,11 +7,12 @@ import contextlib
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
 from dfachat.server.app import ChatServer, ServerConfig
-from dfachat.server.store import DEMO_ACCOUNTS, Store
+from dfachat.server.store import DEMO_ACCOUNTS, Store, StoreError, unusable
 
 __all__ = ["JsonFormatter", "configure_logging", "run_server"]
 
@@ -70,7 +71,11 @@ def run_server(db: Path, config: ServerConfig, *, demo: bool = False) -> int:
     """Run until SIGINT or SIGTERM, then shut down gracefully; returns the exit status."""
     store = Store(db)
     if demo:
-        created = store.ensure_users(DEMO_ACCOUNTS)
+        try:
+            created = store.ensure_users(DEMO_ACCOUNTS)
+        except sqlite3.Error as exc:  # a read-only database is found at its first write
+            store.close()
+            raise StoreError(unusable(store.path, exc)) from None
         names = ", ".join(f"{n}/{p}" for n, p in DEMO_ACCOUNTS)
         print(
             f"*** DEMO MODE: the demo accounts {names} exist in {db}"

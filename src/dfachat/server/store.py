@@ -35,6 +35,7 @@ __all__ = [
     "AccountError",
     "KdfParams",
     "Store",
+    "StoreError",
     "StoredMessage",
     "default_db_path",
     "name_key",
@@ -64,6 +65,10 @@ CREATE TABLE IF NOT EXISTS stored (
 CREATE INDEX IF NOT EXISTS stored_by_recipient ON stored (recipient_key, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+class StoreError(DfachatError):
+    """The database cannot be opened or written (a path that is not a writable file)."""
 
 
 class AccountError(DfachatError):
@@ -118,12 +123,18 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], *, kdf: KdfParams | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.kdf = kdf or KdfParams()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        if self.path.is_dir():
+            raise StoreError(f"the database {self.path} is a directory: give a file path, "
+                             f"such as {self.path / 'dfachat.db'}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(unusable(self.path, exc)) from None
         self._next_id = 0
         self._id_limit = 0
         self._dummy_salt = os.urandom(16)
@@ -261,6 +272,13 @@ class _Transaction:
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def unusable(path: Path, exc: BaseException) -> str:
+    """Why the database at ``path`` cannot be used, and what to do, in one sentence."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return (f"cannot use the database {path}: {reason}; check that its directory exists and "
+            "that you may write to it and to the file, or give --db another path")
 
 
 def verify_password(password: str, salt: bytes, expected: bytes, kdf: KdfParams) -> bool:

@@ -45,7 +45,8 @@ def server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     for path in (cert, key):
         if not Path(path).is_file():
-            raise DfachatError(f"cannot read {path}: no such file")
+            raise DfachatError(f"cannot read {path}: no such file; `dfachat cert` makes a self-signed "
+                               "cert.pem and key.pem")
     try:
         context.load_cert_chain(str(cert), str(key))
     except (ssl.SSLError, OSError) as exc:
@@ -83,8 +84,17 @@ def make_certificate(out_dir: str | Path, hosts: Sequence[str] = ("localhost", "
         raise DfachatError("the openssl program is not installed (on Debian: apt install openssl)")
     if not hosts:
         raise DfachatError("give at least one --host name for the certificate")
+    for host in hosts:
+        # openssl's own complaint about a bad subjectAltName is three lines of library internals.
+        if not host or any(c.isspace() or c in ",/\\" for c in host):
+            raise DfachatError(f"--host {host!r} is not a host name or IP address: give one such as "
+                               "chat.example.org or 127.0.0.1")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DfachatError(f"cannot make the directory {out}: {exc.strerror or exc}; "
+                           "give --out-dir a directory you may write to") from None
     cert, key = out / "cert.pem", out / "key.pem"
     existing = [str(p) for p in (cert, key) if p.exists()]
     if existing and not force:

@@ -83,13 +83,14 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"no property {', '.join(unknown)}; see --list-properties")
     if args.strategy not in STRATEGIES:
         return _usage(f"--strategy must be one of {', '.join(STRATEGIES)}")
-    numbers = {"clients": args.clients, "workers": args.workers}
-    numbers |= {
-        option: getattr(args, option) for option in BOUNDS if getattr(args, option) is not None
-    }
-    negative = [f"--{k.replace('_', '-')}" for k, v in numbers.items() if v < 0]
-    if negative or args.clients < 1 or args.workers < 1:
-        return _usage(f"{', '.join(negative) or '--clients/--workers'} must be positive")
+    # (option, value, least allowed): counts start at 1, bounds at 0.
+    numbers = [("clients", args.clients, 1), ("workers", args.workers, 1)]
+    numbers += [(name, getattr(args, name, None), 1) for name in ("max_states", "max_memory_mb", "depth")]
+    numbers += [(option, getattr(args, option), 0) for option in BOUNDS]
+    for name, value, least in numbers:
+        if value is not None and value < least:
+            option = "--" + name.replace("_", "-")
+            return _usage(f"{option} {value}: give {'at least 1' if least else '0 or more'}")
     if args.workers > 1 and args.strategy != "bfs":
         return _usage("--workers needs --strategy bfs")
     try:

@@ -61,9 +61,11 @@ def _read(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise FuzzError(f"cannot read case {path}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise FuzzError(f"case {path} is not JSON: {exc}") from None
+        raise FuzzError(f"case {path} is not JSON ({exc}): give a case file saved by "
+                        "`dfachat fuzz` or a trace of `dfachat check --trace`") from None
     if not isinstance(data, dict):
-        raise FuzzError(f"case {path} is not a JSON object")
+        raise FuzzError(f"case {path} is not a JSON object: give a case file saved by "
+                        "`dfachat fuzz` or a trace of `dfachat check --trace`")
     return data
 
 

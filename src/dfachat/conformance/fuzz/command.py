@@ -35,9 +35,11 @@ def parse_accounts(values: list[str] | None, *, minimum: int) -> list[Account]:
         try:
             encode(USER(name=name))
         except FrameError as exc:
-            raise FuzzError(f"--account {value!r}: {name!r} is not a user name: {exc.detail}", rule="R4.1") from None
+            raise FuzzError(f"--account {value!r}: {name!r} is not a user name: a name is a letter, then "
+                            f"letters, digits, _ . - ({exc.detail})") from None
         if any(name_key(a.name) == name_key(name) for a in accounts):
-            raise FuzzError(f"--account {name!r} is given twice (names match case-insensitively)", rule="R4.1")
+            raise FuzzError(f"--account {name!r} is given twice (names match case-insensitively): "
+                            "give each account once")
         accounts.append(Account(name, password))
     if len(accounts) < minimum:
         raise FuzzError(f"give at least {minimum} accounts of the target with --account NAME:PASSWORD "
@@ -112,9 +114,14 @@ def run_replay(args: argparse.Namespace) -> int:
     from dfachat.conformance.fuzz.cases import load_actions, replay
     from dfachat.conformance.fuzz.report import chart_text
 
+    case = Path(args.case)
+    if not case.is_file():  # the first thing wrong is the first thing said
+        reason = "is a directory" if case.is_dir() else "no such file"
+        raise FuzzError(f"cannot read case {case}: {reason}; give the path of a case file "
+                        "saved by `dfachat fuzz server` (in ./dfachat-fuzz-cases by default)")
     accounts = parse_accounts(args.account, minimum=1)
     target = target_from_args(args)
-    actions, _ = load_actions(Path(args.case), accounts)
+    actions, _ = load_actions(case, accounts)
     with TargetProcess(args.target_cmd, target) if args.target_cmd else contextlib.nullcontext():
         if not args.target_cmd:
             target.wait_ready(5.0)
