@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import subprocess
 import sys
 
@@ -148,3 +150,58 @@ def test_a_dfachat_error_is_one_line_on_stderr(
     out, err = capsys.readouterr()
     assert out == ""
     assert err == "dfachat: error: the spec contradicts itself: something [R12.1]\n"
+
+
+# --- help: every command's --help ends with examples that parse -----------------------------------
+
+
+def _all_parsers() -> dict[str, argparse.ArgumentParser]:
+    from dfachat.cli import _subparsers, build_parser
+
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for name, sub in _subparsers(parser).items():
+            found[f"{path} {name}".strip()] = sub
+            walk(sub, f"{path} {name}".strip())
+
+    walk(build_parser(), "")
+    return found
+
+
+def _example_argv(line: str) -> list[str]:
+    """The dfachat arguments of an example line: after any pipe, without env, comment or redirection."""
+    words = shlex.split(line.split("|")[-1], comments=True)
+    while "=" in words[0]:
+        words.pop(0)
+    if ">" in words:
+        words = words[: words.index(">")]
+    assert words[0] == "dfachat", line
+    return words[1:]
+
+
+def test_every_help_ends_with_examples_that_parse() -> None:
+    from dfachat.cli import build_parser
+
+    parsers = _all_parsers()
+    assert {"server", "client", "check", "fuzz server", "fuzz replay", "fuzz client", "users add"} <= set(parsers)
+    for path, parser in parsers.items():
+        text = parser.format_help()
+        examples = text.split("\nexamples:\n")[-1].splitlines()
+        assert "\nexamples:\n" in text and examples, path
+        for line in examples:
+            argv = _example_argv(line.strip())
+            assert " ".join(argv[: len(path.split())]) == path or path.startswith(argv[0]), (path, line)
+            build_parser().parse_args(argv)  # a usage error would exit: the example is wrong
+
+
+def test_help_as_a_user_sees_it_ends_with_examples() -> None:
+    result = run("server", "--help")
+    assert result.returncode == 0
+    tail = result.stdout.decode().rstrip().splitlines()
+    assert "dfachat server --demo" in "\n".join(tail[-4:])
+
+
+def test_check_help_points_at_nothing_a_pip_user_lacks() -> None:
+    text = _all_parsers()["check"].format_help()
+    assert "docs/CHECKING.md in the source repository" in " ".join(text.split())

@@ -51,6 +51,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse declares NoReturn
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
+    def format_help(self) -> str:
+        # The epilog holds examples, one command a line: argparse would rewrap them into prose.
+        epilog, self.epilog = self.epilog, None
+        try:
+            text = super().format_help()
+        finally:
+            self.epilog = epilog
+        return text + (f"\n{epilog}\n" if epilog else "")
+
 
 def _port(*, allow_zero: bool) -> Callable[[str], int]:
     """An argparse type: a TCP port, 1 to 65535 (0 too when ``allow_zero``: any free port)."""
@@ -509,10 +518,10 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
         help="model-check the protocol: one server and N clients running the real engines",
         description="Explore every interleaving of one server and N clients that run the real "
         "protocol engines, joined by bounded FIFO channels, and judge the properties of "
-        "docs/CHECKING.md. Exit status 0 when every property holds, 1 on a violation (the "
+        "the checking guide (docs/CHECKING.md in the source repository). Exit status 0 when every property holds, 1 on a violation (the "
         "shortest trace is printed as a message sequence chart), 2 on usage errors.",
     )
-    model = parser.add_argument_group("the model (unset bounds take the defaults of docs/CHECKING.md)")
+    model = parser.add_argument_group("the model (unset bounds take the defaults the checking guide lists)")
     model.add_argument("--clients", type=int, default=3, metavar="N", help="clients (default 3)")
     for option, metavar, text in (
         ("--capacity", "C", "frames per channel direction: a client waits, the server drops a slow consumer"),
@@ -820,7 +829,7 @@ def _add_fuzz(commands: argparse._SubParsersAction) -> None:
         "fuzz",
         help="conformance fuzzer: test a live server (or client) against the spec",
         description="Hypothesis stateful fuzzing of an implementation over real sockets; every check cites a "
-        "numbered rule of docs/PROTOCOL.md. Exit status 0 when nothing failed, 1 when a check failed, "
+        "numbered rule of the protocol document (`dfachat spec --markdown` prints it). Exit status 0 when nothing failed, 1 when a check failed, "
         "2 on usage errors.",
     )
     modes = parser.add_subparsers(dest="fuzz_mode", metavar="mode", required=True)
@@ -897,6 +906,75 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 )
 
 
+# The examples each --help ends with, by command (and mode); tests/test_cli.py parses each one.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "spec": ("dfachat spec", "dfachat spec --json", "dfachat spec --markdown > PROTOCOL.md"),
+    "server": (
+        "dfachat server --demo                      # Liz/pw1, Steve/pw2, Bailey/pw3 on 127.0.0.1:33318",
+        "dfachat server --port 0 --db ./chat.db     # a free port, printed; a database here",
+        "dfachat server --host 0.0.0.0 --tls-cert tls/cert.pem --tls-key tls/key.pem",
+    ),
+    "users": (
+        "dfachat users add Ann                      # asks for the password twice",
+        "echo 's3cret' | dfachat users --db ./chat.db add Ann",
+        "dfachat users list",
+    ),
+    "users add": ("dfachat users add Ann", "echo 's3cret' | dfachat users add Ann"),
+    "users remove": ("dfachat users remove Ann",),
+    "users passwd": ("dfachat users passwd Ann",),
+    "users list": ("dfachat users list", "dfachat users list --db ./chat.db"),
+    "client": (
+        "dfachat client                             # asks Host, Encode format, User, Password",
+        "dfachat client --host localhost --user Liz",
+        "printf 'hello\\n' | DFACHAT_PASSWORD=pw1 dfachat client --user Liz --json",
+    ),
+    "gui": ("dfachat gui", "dfachat gui --host chat.example.org --user Liz --tls"),
+    "cert": ("dfachat cert --out-dir tls", "dfachat cert --out-dir tls --host chat.example.org --force"),
+    "check": (
+        "dfachat check --clients 2 --quiet",
+        "dfachat check --clients 3 --max-states 200000 --json",
+        "dfachat check --clients 2 --capacity 2 --msc cex.mmd --trace cex.json",
+    ),
+    "diagram": (
+        "dfachat diagram --role client -o client.svg   # svg, png, pdf need Graphviz's dot",
+        "dfachat diagram --format mermaid",
+        "dfachat diagram --sequence offline --format text",
+        "dfachat diagram --packets",
+    ),
+    "docs": ("dfachat docs --check", "dfachat docs --dir docs"),
+    "fuzz": (
+        "dfachat fuzz server localhost:33318 --account Liz:pw1 --account Steve:pw2",
+        "dfachat fuzz replay dfachat-fuzz-cases/CASE.json localhost:33318 --account Liz:pw1",
+        "dfachat fuzz client --target-cmd 'my-client --port \"$DFACHAT_FUZZ_PORT\"'",
+    ),
+    "fuzz server": (
+        "dfachat fuzz server localhost:33318 --account Liz:pw1 --account Steve:pw2 --account Bailey:pw3",
+        "dfachat fuzz server localhost:4000 --account a:x --account b:y --target-cmd './my-server 4000' "
+        "--time-budget 120 --junit fuzz.xml",
+    ),
+    "fuzz replay": (
+        "dfachat fuzz replay dfachat-fuzz-cases/CASE.json localhost:33318 --account Liz:pw1 --account Steve:pw2",
+        "dfachat fuzz replay cex.json localhost:33318 --account Liz:pw1 --account Steve:pw2",
+    ),
+    "fuzz client": (
+        "dfachat fuzz client --time-budget 30 --target-cmd 'dfachat client --host \"$DFACHAT_FUZZ_HOST\" "
+        "--port \"$DFACHAT_FUZZ_PORT\" --user \"$DFACHAT_FUZZ_USER\" --encoding \"$DFACHAT_FUZZ_ENCODING\" --json'",
+    ),
+}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
+def _add_examples(parser: argparse.ArgumentParser, path: str = "") -> None:
+    for name, sub in _subparsers(parser).items():
+        key = f"{path} {name}".strip()
+        sub.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[key])
+        _add_examples(sub, key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dfachat",
@@ -910,6 +988,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="command")
     for add in _COMMANDS:
         add(commands)
+    _add_examples(parser)
     return parser
 
 
