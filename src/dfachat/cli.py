@@ -254,7 +254,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from dfachat.server.app import ServerConfig
-    from dfachat.server.run import configure_logging, run_server
+    from dfachat.server.run import bind_failure, configure_logging, run_server
     from dfachat.spec import LIMITS
 
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -291,7 +291,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     try:
         return run_server(_db_path(args), config, demo=args.demo)
     except OSError as exc:
-        print(f"dfachat: error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"dfachat: error: {bind_failure(args.host, args.port, exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

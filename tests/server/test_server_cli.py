@@ -11,8 +11,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dfachat.codec.messages import BYE, DELIVER, JOINED  # type: ignore[attr-defined]
 from dfachat.server import ChatServer, ServerConfig, Store
@@ -147,7 +150,50 @@ async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
             _, err = await proc.communicate()
     assert proc.returncode == 2
     assert f"cannot serve on 127.0.0.1:{port}" in err.decode()
-    assert "Traceback" not in err.decode()
+    assert "another program listens on it" in err.decode() and "give --port" in err.decode()
+    assert "Traceback" not in err.decode() and err.decode().count("\n") == 1
+
+
+def test_a_port_held_by_an_outgoing_connection_is_told_apart(tmp_path: Path) -> None:
+    """Nothing listens on the port, yet it is taken: a connection's socket has it as local port."""
+    with socket.socket() as listener, socket.socket() as outgoing:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        outgoing.bind(("127.0.0.1", 0))  # no SO_REUSEADDR, like most programs' outgoing sockets
+        port = outgoing.getsockname()[1]
+        outgoing.connect(listener.getsockname())
+        accepted, _ = listener.accept()
+        with accepted:
+            result = subprocess.run(
+                [sys.executable, "-m", "dfachat", "server", "--port", str(port), "--db", str(tmp_path / "x.db")],
+                capture_output=True, text=True, timeout=30, env=env(tmp_path), check=False,
+            )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve on 127.0.0.1:{port}: the port is in use: nothing listens on it" in result.stderr
+    assert "give --port another port" in result.stderr and "Traceback" not in result.stderr
+
+
+_STATES = {"0A": "LISTEN", "01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT"}
+
+
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535), st.sampled_from(sorted(_STATES))),
+                  max_size=8),
+    port=st.integers(1, 65535),
+)
+def test_port_holder_reads_the_kernel_table(rows: list[tuple[int, int, str]], port: int, tmp_path_factory: Any) -> None:
+    from dfachat.server.run import port_holder
+
+    table = tmp_path_factory.mktemp("proc") / "tcp"
+    lines = ["  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid"]
+    lines += [
+        f"   {i}: 0100007F:{local:04X} 0100007F:{remote:04X} {state} 00000000:00000000 00:00000000 00000000  0"
+        for i, (local, remote, state) in enumerate(rows)
+    ]
+    table.write_text("\n".join(lines) + "\n")
+    states = {state for local, _, state in rows if local == port}  # the remote port does not count
+    expected = "listener" if "0A" in states else "connection" if states else None
+    assert port_holder(port, (str(table), str(table) + "-missing")) == expected
 
 
 # --- dfachat users -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 from dfachat.server.app import ChatServer, ServerConfig
 from dfachat.server.store import DEMO_ACCOUNTS, Store, StoreError, unusable
 
-__all__ = ["JsonFormatter", "configure_logging", "run_server"]
+__all__ = ["JsonFormatter", "bind_failure", "configure_logging", "port_holder", "run_server"]
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -43,6 +44,44 @@ def configure_logging(level: str = "info", *, json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+_TCP_LISTEN = "0A"  # the st column of /proc/net/tcp
+
+
+def port_holder(port: int, tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> str | None:
+    """Who holds a local TCP ``port``: "listener" (a server), "connection" (a socket of an open
+    or closing connection, such as another program's outgoing one: 33318 lies in Linux's
+    ephemeral range), or None when the tables cannot say (not Linux, or nobody)."""
+    states = set()
+    for table in tables:
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 3 and int(fields[1].rpartition(":")[2], 16) == port:
+                states.add(fields[3])
+    if _TCP_LISTEN in states:
+        return "listener"
+    return "connection" if states else None
+
+
+def bind_failure(host: str, port: int, exc: OSError) -> str:
+    """Why the server cannot serve on host:port, and what to do, in one sentence."""
+    if exc.errno != errno.EADDRINUSE:
+        return f"cannot serve on {host}:{port}: {exc.strerror or exc}"
+    holder = port_holder(port)
+    if holder == "listener":
+        why = "another program listens on it (another dfachat server?)"
+    elif holder == "connection":
+        why = ("nothing listens on it, but a connection of another program uses it as its local "
+               "port (an outgoing connection's port is picked from the range 33318 lies in)")
+    else:
+        why = "another socket holds it"
+    return (f"cannot serve on {host}:{port}: the port is in use: {why}; give --port another port "
+            "(--port 0 picks a free one)")
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
