@@ -512,6 +512,13 @@ def cmd_cert(args: argparse.Namespace) -> int:
 # --- dfachat check -------------------------------------------------------------------
 
 
+# The bounds of a check unless --max-states / --max-memory say otherwise. The default
+# three-client model has 357,310 states and the three-client pool 4.3 million (about 1.5 GiB);
+# four clients grow past both, and a run without bounds grows until the machine swaps.
+CHECK_MAX_STATES = 5_000_000
+CHECK_MAX_MEMORY_MIB = 2048
+
+
 def _add_check(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "check",
@@ -519,7 +526,8 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
         description="Explore every interleaving of one server and N clients that run the real "
         "protocol engines, joined by bounded FIFO channels, and judge the properties of "
         "the checking guide (docs/CHECKING.md in the source repository). Exit status 0 when every property holds, 1 on a violation (the "
-        "shortest trace is printed as a message sequence chart), 2 on usage errors.",
+        "shortest trace is printed as a message sequence chart), 2 on usage errors, 130 on Ctrl-C (after "
+        "printing the result so far). A run stops at --max-states or --max-memory and says so.",
     )
     model = parser.add_argument_group("the model (unset bounds take the defaults the checking guide lists)")
     model.add_argument("--clients", type=int, default=3, metavar="N", help="clients (default 3)")
@@ -548,7 +556,15 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
     search = parser.add_argument_group("the search")
     search.add_argument("--strategy", choices=("bfs", "dfs", "random"), default="bfs", help="default bfs")
     search.add_argument("--depth", type=int, metavar="D", help="explore at most D steps deep")
-    search.add_argument("--max-states", type=int, metavar="S", help="stop after S distinct states")
+    search.add_argument(
+        "--max-states", type=int, default=CHECK_MAX_STATES, metavar="S",
+        help=f"stop after S distinct states (default {CHECK_MAX_STATES:,}; 0: no limit)",
+    )
+    search.add_argument(
+        "--max-memory", type=int, default=CHECK_MAX_MEMORY_MIB, metavar="MIB",
+        help=f"stop when the process holds MIB MiB of memory (default {CHECK_MAX_MEMORY_MIB:,}; 0: no limit; "
+        "one process: with --workers, --max-states bounds the run)",
+    )
     search.add_argument(
         "--symmetry", action="store_true", help="reduce by permutations of interchangeable clients"
     )
@@ -564,6 +580,9 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
     out.add_argument("--msc", metavar="FILE", help="write a counterexample as a Mermaid sequenceDiagram")
     out.add_argument("--trace", metavar="FILE", help="write a counterexample as a JSON trace")
     out.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    out.add_argument(
+        "--verbose", action="store_true", help="list each table row the exploration did not take"
+    )
     parser.set_defaults(handler=cmd_check)
 
 

@@ -20,7 +20,7 @@ from dfachat.conformance.checker.report import msc_mermaid, summary_json, summar
 
 __all__ = ["BOUNDS", "config_from_args", "default_bounds", "run"]
 
-EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # option name -> ModelConfig field
 BOUNDS = {
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"--strategy must be one of {', '.join(STRATEGIES)}")
     # (option, value, least allowed): counts start at 1, bounds at 0.
     numbers = [("clients", args.clients, 1), ("workers", args.workers, 1)]
-    numbers += [(name, getattr(args, name, None), 1) for name in ("max_states", "max_memory_mb", "depth")]
+    numbers += [("depth", args.depth, 1), ("max_states", args.max_states, 0), ("max_memory", args.max_memory, 0)]
     numbers += [(option, getattr(args, option), 0) for option in BOUNDS]
     for name, value, least in numbers:
         if value is not None and value < least:
@@ -98,12 +98,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _usage(str(exc))
     progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
+    # The defaults are cli.CHECK_MAX_STATES and CHECK_MAX_MEMORY_MIB; 0 lifts a bound.
+    max_states, max_memory = args.max_states or None, args.max_memory or None
     result = check(
         config,
         properties=args.property or None,
         strategy=args.strategy,
         max_depth=args.depth,
-        max_states=args.max_states,
+        max_states=max_states,
+        max_memory_mb=max_memory,
         symmetry=args.symmetry,
         reduce=not args.no_reduction,
         workers=args.workers,
@@ -120,9 +123,11 @@ def run(args: argparse.Namespace) -> int:
         out: dict[str, Any] = summary_json(result)
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     else:
-        sys.stdout.write(summary_text(result))
+        sys.stdout.write(summary_text(result, verbose=args.verbose))
         if result.violations and (args.msc or args.trace):
             written = [f for f in (args.msc, args.trace) if f]
             sys.stdout.write(f"counterexample written to {' and '.join(written)}\n")
     sys.stdout.flush()
+    if result.limit == "interrupted":
+        return EXIT_INTERRUPTED
     return EXIT_OK if result.ok else EXIT_VIOLATION

@@ -11,6 +11,7 @@ the concrete clients, so a trace is always a real run of the model.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Iterable
@@ -51,7 +52,10 @@ class CheckResult:
     depth: int = 0  # the deepest level reached
     seconds: float = 0.0
     complete: bool = False  # every reachable state within the bounds was explored
-    limit: str | None = None  # what stopped it early: depth, states
+    limit: str | None = None  # what stopped it early: depth, states, memory, random, interrupted
+    max_states: int | None = None  # the bounds it ran under (None: none)
+    max_memory_mb: int | None = None
+    memory_mb: float = 0.0  # the process's resident memory at the end
     truncated: int = 0  # states at the depth limit whose successors were not explored
     violations: list[Violation] = field(default_factory=list)
     witnessed: dict[str, int] = field(
@@ -96,12 +100,37 @@ class CheckResult:
         return "holds" if self.complete else "unrefuted"
 
 
-class _Progress:
-    """A status line on stderr, at most every ``interval`` seconds, only on a terminal."""
+def resident_mb() -> float:
+    """This process's resident memory in MiB (its peak where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
 
-    def __init__(self, stream: TextIO | None, interval: float = 0.5) -> None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class _OverMemory(Exception):
+    pass
+
+
+class _Progress:
+    """Every ``interval`` seconds: the memory bound checked and, on a terminal, a status line
+    with an estimate of the time left to the state bound."""
+
+    def __init__(
+        self,
+        stream: TextIO | None,
+        interval: float = 0.5,
+        *,
+        max_states: int | None = None,
+        max_memory_mb: int | None = None,
+    ) -> None:
         self.stream = stream
         self.interval = interval
+        self.max_states = max_states
+        self.max_memory_mb = max_memory_mb
         self.start = time.perf_counter()
         self.last = 0.0
         self.shown = False
@@ -109,16 +138,23 @@ class _Progress:
     def __call__(
         self, states: int, distinct: int, queue: int, depth: int, force: bool = False
     ) -> None:
-        if self.stream is None:
-            return
         now = time.perf_counter()
         if not force and now - self.last < self.interval:
             return
         self.last = now
+        memory = resident_mb() if self.max_memory_mb is not None or self.stream else 0.0
+        if self.max_memory_mb is not None and memory >= self.max_memory_mb:
+            raise _OverMemory
+        if self.stream is None:
+            return
         elapsed = max(now - self.start, 1e-9)
+        rate = distinct / elapsed
+        estimate = ""
+        if self.max_states is not None and rate > 0:
+            estimate = f"  ~{max(self.max_states - distinct, 0) / rate:,.0f} s to the state limit at most"
         self.stream.write(
-            f"\r  {states:>10,} states  {distinct:>10,} distinct  {distinct / elapsed:>8,.0f}/s"
-            f"  queue {queue:>9,}  depth {depth:>3}  {elapsed:6.1f} s "
+            f"\r  {distinct:>10,} distinct states  {rate:>8,.0f}/s  queue {queue:>9,}  depth {depth:>3}"
+            f"  {memory:,.0f} MiB  {elapsed:6.1f} s{estimate} "
         )
         self.stream.flush()
         self.shown = True
@@ -233,28 +269,37 @@ class Checker:
         strategy: str = "bfs",
         max_depth: int | None = None,
         max_states: int | None = None,
+        max_memory_mb: int | None = None,
         seed: int = 0,
         progress: TextIO | None = None,
     ) -> CheckResult:
+        """Explore; stop at a bound (``result.limit`` says which) or at Ctrl-C (KeyboardInterrupt:
+        ``limit`` "interrupted"), with the result so far."""
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         result = CheckResult(self.config, strategy, self.symmetry, self.reduce, self.properties)
         result.model = self.model
+        result.max_states, result.max_memory_mb = max_states, max_memory_mb
         result.skipped = list(self.skipped)
         if self.symmetry and self.state_eventually and any(len(g) > 1 for g in self.model.groups):
             result.warnings.append(
                 "symmetry reduction with eventually properties: a liveness verdict holds for the "
                 "canonical representatives only, which is unsound if a property tells the clients apart"
             )
-        show = _Progress(progress)
+        show = _Progress(progress, max_states=max_states, max_memory_mb=max_memory_mb)
         start = time.perf_counter()
         try:
             explore = {"bfs": self._bfs, "dfs": self._dfs, "random": self._random}[strategy]
             explore(result, max_depth, max_states, seed, show)
         except _Found as found:
             result.violations = found.violations
+        except _OverMemory:
+            result.limit, result.complete = "memory", False
+        except KeyboardInterrupt:  # Ctrl-C: the partial result is still worth reporting
+            result.limit, result.complete = "interrupted", False
         finally:
             show.done()
+        result.memory_mb = resident_mb()
         result.seconds = time.perf_counter() - start
         result.witnessed = dict(self.witnessed)
         result.coverage = set(self.model.coverage.taken)
@@ -476,6 +521,7 @@ def check(
     strategy: str = "bfs",
     max_depth: int | None = None,
     max_states: int | None = None,
+    max_memory_mb: int | None = None,
     symmetry: bool = False,
     reduce: bool = True,
     workers: int = 1,
@@ -483,11 +529,14 @@ def check(
     progress: TextIO | None = None,
     model_cls: type[Model] = Model,
 ) -> CheckResult:
-    """Explore ``config``'s model and judge ``properties`` (default: all). See the module doc."""
+    """Explore ``config``'s model and judge ``properties`` (default: all). See the module doc.
+
+    ``max_memory_mb`` bounds the process's resident memory (one process only: the workers of
+    ``workers > 1`` are bounded by ``max_states``)."""
     if workers > 1:
         from dfachat.conformance.checker.parallel import check_parallel
 
-        return check_parallel(
+        result = check_parallel(
             config,
             properties=properties,
             max_depth=max_depth,
@@ -498,11 +547,14 @@ def check(
             progress=progress,
             model_cls=model_cls,
         )
+        result.max_states = max_states
+        return result
     checker = Checker(
         config, properties=properties, symmetry=symmetry, reduce=reduce, model_cls=model_cls
     )
     return checker.run(
-        strategy=strategy, max_depth=max_depth, max_states=max_states, seed=seed, progress=progress
+        strategy=strategy, max_depth=max_depth, max_states=max_states, max_memory_mb=max_memory_mb,
+        seed=seed, progress=progress,
     )
 
 

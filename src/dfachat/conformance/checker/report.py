@@ -362,6 +362,10 @@ def summary_json(result: CheckResult) -> dict[str, Any]:
         "states_per_s": round(result.states_per_s),
         "complete": result.complete,
         "limit": result.limit,
+        "stopped": stop_message(result),
+        "max_states": result.max_states,
+        "max_memory_mib": result.max_memory_mb,
+        "memory_mib": round(result.memory_mb),
         "truncated": result.truncated,
         "warnings": result.warnings,
         "properties": [
@@ -390,7 +394,26 @@ def summary_json(result: CheckResult) -> dict[str, Any]:
     }
 
 
-def summary_text(result: CheckResult, *, coverage: bool = True) -> str:
+def stop_message(result: CheckResult) -> str | None:
+    """Why an exploration stopped before the end, and the option that goes further."""
+    if result.violations or result.complete:
+        return None
+    if result.limit == "states":
+        return (f"stopped at the state limit ({result.max_states:,} distinct states): the result is "
+                "partial; raise it with --max-states N (0: no limit)")
+    if result.limit == "memory":
+        return (f"stopped at the memory limit ({result.max_memory_mb:,} MiB resident, reached with "
+                f"{result.states:,} states): the result is partial; raise it with --max-memory MIB "
+                "(0: no limit), or tighten the model's bounds")
+    if result.limit == "interrupted":
+        return "interrupted (Ctrl-C): the result so far, which proves nothing about the states not reached"
+    if result.limit == "depth":
+        return "stopped at the depth limit: raise --depth to go deeper"
+    return None
+
+
+def summary_text(result: CheckResult, *, coverage: bool = True, verbose: bool = False) -> str:
+    """The report; ``verbose`` lists each table row the exploration did not take."""
     lines = [f"dfachat check: {_config_line(result.config)}"]
     how = (
         result.strategy
@@ -415,6 +438,8 @@ def summary_text(result: CheckResult, *, coverage: bool = True) -> str:
     if result.truncated:
         lines.append(f"  {result.truncated:,} states at the depth limit were not expanded")
     lines += [f"warning: {w}" for w in result.warnings]
+    if (stop := stop_message(result)) is not None:
+        lines.append(stop)
     lines.append("properties:")
     width = max(len(p.name) for p in result.properties) if result.properties else 0
     for p in result.properties:
@@ -444,7 +469,7 @@ def summary_text(result: CheckResult, *, coverage: bool = True) -> str:
             + ", ".join(f"{role} {c['taken']}/{c['total']}" for role, c in report.items())
         )
         for role, c in report.items():
-            for r in c["rows"]:
+            for r in c["rows"] if verbose else ():
                 if not r["taken"]:
                     guards = f" [{r['guards']}]" if r["guards"] else ""
                     lines.append(
