@@ -379,8 +379,10 @@ def _add_client(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "client",
         help="chat in the terminal",
-        description="Chat in the terminal. Asks for the host, encoding, user name and password "
-        "unless given; the password may also come from $DFACHAT_PASSWORD. When standard input is "
+        description="Chat in the terminal. Asks for the host and encoding (as the seed's client did) "
+        "when --host is not given; with --host, the encoding is --encoding or the terminal's. Then it "
+        "checks that a dfachat server answers, and only then asks for the user name and password "
+        "unless given (the password may also come from $DFACHAT_PASSWORD). When standard input is "
         "not a terminal, each of its lines is sent (the same /to, /who and /quit commands work) "
         "and the client quits at its end, once every message was acknowledged.",
     )

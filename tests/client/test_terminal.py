@@ -586,3 +586,42 @@ def test_joined_lines(chat_server: Any, chat_user: Any, piped: Any) -> None:
     assert re.fullmatch(r"\d\d:\d\d \* Steve joined", liz.expect("joined"))
     assert re.fullmatch(r"\d\d:\d\d \* Steve left \(quit\)", liz.expect("left"))
     assert liz.finish()[0] == 0
+
+
+# --- asking only what is needed, after the server answered --------------------------------------
+
+
+def test_nothing_listening_is_said_before_any_user_or_password_prompt(terminal: Any) -> None:
+    port = closed_port()
+    term = terminal("--port", str(port))
+    term.expect("Host: ")
+    term.type("\r")
+    term.expect("Encode format: ")
+    term.type("\r")
+    term.expect(rf"cannot reach a dfachat server at localhost:{port}: .*nothing listens on port {port}")
+    term.expect(r"dfachat server --demo")
+    assert term.exit_status() == 1
+    assert "User:" not in term.text and "Password:" not in term.text
+
+
+def test_a_host_from_a_flag_asks_no_encoding(chat_server: Any, terminal: Any) -> None:
+    # The encoding comes from the terminal's locale (utf-8 here), as the host came from a flag.
+    term = terminal("--host", "127.0.0.1", "--port", str(chat_server.port))
+    term.expect("User: ")
+    term.type("Liz\r")
+    term.expect("Password: ")
+    term.type("pw1\r")
+    term.expect(r"Logged in to 127.0.0.1:\d+ as Liz \(utf-8\)")
+    term.type("/quit\r")
+    assert term.exit_status() == 0
+    assert "Encode format:" not in term.text and "Host:" not in term.text
+
+
+def test_a_password_from_the_environment_is_not_asked(chat_server: Any, terminal: Any) -> None:
+    term = terminal("--host", "127.0.0.1", "--port", str(chat_server.port), password="pw2")
+    term.expect("User: ")
+    term.type("Steve\r")
+    term.expect(r"as Steve \(utf-8\)")
+    term.type("/quit\r")
+    assert term.exit_status() == 0
+    assert "Password:" not in term.text

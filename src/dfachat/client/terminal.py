@@ -1,8 +1,10 @@
 """``dfachat client``: chat in a terminal, or from a script through standard input.
 
-Interactive (standard input is a terminal): the prompts ``Host:``,
-``Encode format:``, ``User:`` and ``Password:`` for whatever the command line
-did not give, then a prompt_toolkit input line that incoming messages print
+Interactive (standard input is a terminal): the prompts ``Host:`` and
+``Encode format:`` when no host was given (the seed's pair; with ``--host``
+the encoding is ``--encoding`` or the terminal's), a check that a dfachat
+server answers there, then ``User:`` and ``Password:`` for what the command
+line and ``$DFACHAT_PASSWORD`` did not give, then a prompt_toolkit input line that incoming messages print
 above without disturbing what is being typed. Piped (standard input is not a
 terminal, or ``--json``): each line of standard input is sent (the same
 commands work), events are printed as text or JSON lines, and the client
