@@ -139,6 +139,24 @@ def test_unreachable_server_and_bad_encoding_are_sentences(tmp_path: Path) -> No
     run(tmp_path, scenario)
 
 
+def test_probe_checks_the_server_without_logging_in(tmp_path: Path) -> None:
+    from dfachat.client.library import probe
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed = unused.getsockname()[1]
+
+    async def scenario(server: ChatServer) -> None:
+        software = await probe("127.0.0.1", server.port, timeout=TIMEOUT)
+        assert software.startswith("dfachat")
+        async with connect("127.0.0.1", server.port, user="Liz", password="pw1", timeout=TIMEOUT) as liz:
+            assert liz.online == ["Liz"]  # the probe left: nobody else is logged in
+        with pytest.raises(ConnectionFailed, match="cannot reach a dfachat server at 127.0.0.1"):
+            await probe("127.0.0.1", closed, timeout=TIMEOUT)
+
+    run(tmp_path, scenario)
+
+
 def test_text_the_encoding_cannot_carry_is_refused_before_sending(tmp_path: Path) -> None:
     async def scenario(server: ChatServer) -> None:
         async with login(server, "Liz", encoding="ascii") as liz:
