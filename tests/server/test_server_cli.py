@@ -278,3 +278,23 @@ async def test_an_account_made_with_the_cli_logs_in(tmp_path: Path) -> None:
         await frank.aclose()
     finally:
         await server.shutdown()
+
+
+async def test_two_sigterms_shut_down_once(tmp_path: Path) -> None:
+    """An impatient second signal must not start a second shutdown that dies pending."""
+    server = await ServerProcess.start(tmp_path, "--db", str(tmp_path / "twice.db"), "--demo")
+    try:
+        port = int((await server.read_until(LISTENING)).group(2))
+        clients = [await ChatClient.connect(port, name, pw) for name, pw in (("Liz", "pw1"), ("Steve", "pw2"))]
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.send_signal(signal.SIGTERM)
+        status = await server.stop(signal.SIGTERM)  # a third, for good measure
+        for client in clients:
+            await client.aclose()
+    finally:
+        server.kill()
+    output = "\n".join(server.lines)
+    assert status == 0, output
+    assert "Task was destroyed" not in output and "never awaited" not in output, output
+    assert "Traceback" not in output
+    assert output.count("INFO stopped") == 1, output

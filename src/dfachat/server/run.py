@@ -96,14 +96,24 @@ async def _serve(store: Store, config: ServerConfig, ready: asyncio.Event | None
     server = ChatServer(store, config)
     await server.start()
     loop = asyncio.get_running_loop()
+    shutting_down: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        # One shutdown, however many signals: a second task would race the first and be
+        # destroyed pending when the loop closes.
+        if not shutting_down:
+            shutting_down.append(loop.create_task(server.shutdown()))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, lambda: loop.create_task(server.shutdown()))
+            loop.add_signal_handler(sig, stop)
     tls = " (TLS)" if config.tls is not None else ""
     print(f"dfachat server listening on {config.host}:{server.port}{tls}", file=sys.stderr, flush=True)
     if ready is not None:
         ready.set()
     await server.stopped.wait()
+    for task in shutting_down:
+        await task
 
 
 def run_server(db: Path, config: ServerConfig, *, demo: bool = False) -> int:
