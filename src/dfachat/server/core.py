@@ -228,7 +228,7 @@ class ServerCore:
         self.storage = storage
         self.effects = effects
         self.config = config or CoreConfig()
-        self.limits = self.config.limits
+        self.limits = self.config.limits  # may be replaced between inputs (a client adopts announced ones)
         self.presence = presence if presence is not None else Presence()
         self.connections: dict[int, CoreConnection] = {}
         self.per_address: dict[str, int] = {}  # open connections per peer address (R1.5)
@@ -251,7 +251,7 @@ class ServerCore:
     # --- connections ---------------------------------------------------------------------------
     def connection_opened(self, handle: Any, address: str, peer: str, now: float) -> CoreConnection:
         """A transport is up. The connection may be refused (and closed) at once: see ``closed``."""
-        conn = CoreConnection(self._next_id, handle, address, peer, ServerSession(limits=self.limits), now)
+        conn = CoreConnection(self._next_id, handle, address, peer, self.new_session(), now)
         self._next_id += 1
         conn.tokens = float(self.limits.max_burst_bytes)
         self.connections[conn.id] = conn
@@ -275,6 +275,10 @@ class ServerCore:
         else:
             self._log(INFO, "accepted", f"connection {conn.id} from {peer}", conn=conn.id, peer=peer)
         return conn
+
+    def new_session(self) -> ServerSession:
+        """The engine of a new connection (a world that watches the engine overrides this)."""
+        return ServerSession(limits=self.limits)
 
     def adopt(self, handle: Any, snapshot: ConnectionSnapshot, *, address: str = "", now: float = 0.0) -> CoreConnection:
         """Take over a connection in the state ``snapshot`` describes (the model checker's restore).

@@ -198,6 +198,16 @@ class _Session(ServerSession):
         return super()._connection_closed()
 
 
+class _OracleCore(ServerCore):
+    """The reference server's core, whose engines the driver watches (coverage, events)."""
+
+    driver: Any = None
+
+    def new_session(self) -> ServerSession:
+        driver = self.driver
+        return _Session(limits=self.limits, rows=driver.rows, observe=driver._observe)
+
+
 class _Effects:
     """The core's effects, carried out by the driver (:class:`~dfachat.server.core.Effects`)."""
 
@@ -347,12 +357,13 @@ class Driver:
         self.actions: list[dict[str, Any]] = []  # what was done, for the case file
         # The oracle: the reference server's core over the target's accounts.
         self.store = MemoryStore((a.name, a.password) for a in accounts)
-        self.core = ServerCore(
+        self.core = _OracleCore(
             self.store,
             _Effects(self),
             CoreConfig(limits=_CORE_LIMITS, max_connections=_UNBOUNDED, tls=target.tls is not None,
                        log_level=logging.CRITICAL + 1),
         )
+        self.core.driver = self
         self._pending: list[Callable[[], None]] = []  # password checks and back-offs the core asked for
         self._handling: Any = None  # the event the core is handling (a message, mostly)
         self._lefts = 0  # LEFT frames predicted so far (does anyone see a session end?)
@@ -604,8 +615,6 @@ class Driver:
             name = None
         address = str(name[0]) if isinstance(name, tuple) else "fuzzer"  # ours: the server sees it as the peer
         core = self.core.connection_opened(conn, address, f"{address} ({conn.label})", time.monotonic())
-        if not core.closed:
-            core.session = _Session(limits=self.core.limits, rows=self.rows, observe=self._observe)
         conn.core = core
         self._run_pending()
 
