@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -46,7 +47,7 @@ def test_the_first_lines_are_what_ci_runs() -> None:
     install, server = run.split(" && ")
     assert install == "pip install -e ."
     walk = [line for kind, body in blocks()[1:] if kind == "sh" for line in body.splitlines()]
-    assert walk[0] == f"{server} &", "the walk-through starts the same server"
+    assert walk[0].startswith(f"{server} ") and walk[0].endswith(" &"), "the walk-through starts the same server"
 
 
 class Shell:
@@ -127,9 +128,16 @@ def shell(tmp_path: Path):
     sh.close()
 
 
+def needs_dot(line: str) -> bool:
+    """A README line that renders through Graphviz (svg, png or pdf)."""
+    return line.startswith("dfachat diagram") and re.search(r"-o \S+\.(svg|png|pdf)\b", line) is not None
+
+
 def test_the_walk_through_runs_as_written(shell: Shell, tmp_path: Path) -> None:
     outputs: dict[str, str] = {}
     ran = 0
+    have_dot = shutil.which("dot") is not None
+    not_run: list[str] = []  # lines that need what this machine lacks
     for kind, body in blocks()[1:]:
         if kind == "console":
             console(shell, body)
@@ -139,6 +147,9 @@ def test_the_walk_through_runs_as_written(shell: Shell, tmp_path: Path) -> None:
             continue
         for line in body.splitlines():
             if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if needs_dot(line) and not have_dot:
+                not_run.append(line)
                 continue
             status, output = shell.run(line)
             assert status == 0, f"{line!r} exited {status}:\n{output[-3000:]}"
@@ -161,7 +172,9 @@ def test_the_walk_through_runs_as_written(shell: Shell, tmp_path: Path) -> None:
     # the fuzzer's JUnit report and the diagram are real files
     suites = ET.parse(tmp_path / "fuzz.xml").getroot()
     assert suites.iter("testcase") and not list(suites.iter("failure"))
-    svg = ET.parse(tmp_path / "client.svg").getroot()
-    assert svg.tag.endswith("svg")
     assert "sequenceDiagram" in output_of("dfachat diagram --sequence offline")
     assert "MSG_ACK" in output_of("dfachat diagram --packets")
+    if not_run:  # every other line ran and was checked; say what was not
+        pytest.skip(f"Graphviz's dot is not installed (Debian: graphviz), so {not_run} did not run")
+    svg = ET.parse(tmp_path / "client.svg").getroot()
+    assert svg.tag.endswith("svg")
