@@ -515,8 +515,8 @@ def cmd_cert(args: argparse.Namespace) -> int:
 
 
 # The bounds of a check unless --max-states / --max-memory say otherwise. The default
-# three-client model has 357,310 states and the three-client pool 4.3 million (about 1.5 GiB);
-# four clients grow past both, and a run without bounds grows until the machine swaps.
+# three-client model has 357,310 states and the three-client pool 4.3 million (700 MiB at its peak);
+# four clients grow past a million, and a run without bounds grows until the machine swaps.
 CHECK_MAX_STATES = 5_000_000
 CHECK_MAX_MEMORY_MIB = 2048
 
