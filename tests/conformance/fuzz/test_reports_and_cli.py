@@ -135,7 +135,7 @@ def test_chart_text_marks_the_bad_frame() -> None:
         (["fuzz", "server", "127.0.0.1:1", "--account", "Liz:pw1"], "at least 2 accounts"),
         (["fuzz", "server", "127.0.0.1", *account_args()], "HOST:PORT"),
         (["fuzz", "server", "127.0.0.1:1", "--account", "Liz", "--account", "Ann:x"], "NAME:PASSWORD"),
-        (["fuzz", "server", "127.0.0.1:1", "--account", "9lives:pw", "--account", "Ann:x"], "R4.1"),
+        (["fuzz", "server", "127.0.0.1:1", "--account", "9lives:pw", "--account", "Ann:x"], "'9lives' is not a user name"),
         (["fuzz", "server", "127.0.0.1:1", "--account", "Liz:a", "--account", "LIZ:b"], "twice"),
         (["fuzz", "server", "127.0.0.1:1", *account_args(), "--time-budget", "0"], "positive"),
         (["fuzz", "replay", "no-such-case.json", "127.0.0.1:1", *account_args()], "cannot read case"),
@@ -145,6 +145,7 @@ def test_bad_usage_is_a_clear_error(argv: list[str], message: str, capsys: pytes
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert "[R" not in err  # a usage error, not a protocol error: no rule id
 
 
 def test_an_unreachable_target_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
