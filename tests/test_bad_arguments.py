@@ -105,7 +105,9 @@ CASES: list[tuple[tuple[str, ...], str, str]] = [
     (("check", "--property", "no_such_property"), "no_such_property", "--list-properties"),
     (("check", "--strategy", "sideways"), "sideways", "choose from"),
     (("check", "--workers", "2", "--strategy", "dfs"), "--workers", "--strategy bfs"),
-    (("check", "--max-states", "0"), "--max-states", "at least 1"),
+    (("check", "--max-states", "-1"), "--max-states", "0 or more"),
+    (("check", "--max-memory", "-5"), "--max-memory", "0 or more"),
+    (("check", "--depth", "0"), "--depth", "at least 1"),
     # fuzz
     (("fuzz",), "mode", HELP),
     (("fuzz", "server", "127.0.0.1:1"), "--account", "--account NAME:PASSWORD"),
