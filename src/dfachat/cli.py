@@ -266,10 +266,6 @@ def cmd_server(args: argparse.Namespace) -> int:
         "max_bytes_per_s": args.max_bytes_per_s,
         "max_burst_bytes": args.max_burst_bytes,
     }
-    for name, value in bounds.items():
-        if value < 1:
-            print(f"dfachat: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return EXIT_ERROR
     if args.max_burst_bytes < LIMITS.max_frame:
         print(f"dfachat: error: --max-burst-bytes {args.max_burst_bytes} is less than one frame: give at "
               f"least {LIMITS.max_frame}", file=sys.stderr)
