@@ -296,7 +296,7 @@ class ModelConfig:
 class Client(NamedTuple):
     """One model client: its engine's fields and what it did (budgets, the history it saw)."""
 
-    engine: tuple[Any, ...] | None  # ClientSession snapshot; None before the first connection
+    engine: SessionSnapshot | None  # the ClientSession's snapshot; None before the first connection
     open: bool  # the client's end of the connection is open
     sessions: int  # connections opened
     msgs: int  # MSGs sent (the last one's msg_id)
@@ -516,10 +516,6 @@ class EvInternalError(NamedTuple):
 # --- the model -----------------------------------------------------------------------------
 
 
-def _snapshot(session: Any) -> SessionSnapshot:
-    return session.snapshot()
-
-
 @dataclass(slots=True)
 class Coverage:
     """Which rows of each role's table the exploration took: (role, state, trigger, branch index)."""
@@ -718,7 +714,7 @@ class Model:
         return 0
 
     def _branch(self, role: str, rows: Any, session: Any, message: Message) -> int | None:
-        for index, branch in enumerate(rows[session._state].get(message.TYPE, ())):
+        for index, branch in enumerate(rows[session.state].get(message.TYPE, ())):
             if branch.admits(session, message):
                 return index
         return None
@@ -740,8 +736,8 @@ class Model:
             except LocalProtocolError as err:
                 hit = err
             else:
-                self.coverage.taken.add((cls.role, snap[0], f"send_{message.NAME}", index or 0))
-                hit = (data if self.config.wire else message, _snapshot(session))
+                self.coverage.taken.add((cls.role, snap.state, f"send_{message.NAME}", index or 0))
+                hit = (data if self.config.wire else message, session.snapshot())
             self._send_memo[key] = hit
         if isinstance(hit, Exception):
             raise hit
@@ -758,7 +754,7 @@ class Model:
         hit = self._recv_memo.get(key)
         if hit is None:
             session = self._restore(cls, snap)
-            state = snap[0]
+            state = snap.state
             if item is EOF:
                 session.feed(b"")
                 event = session.next_event()
@@ -771,7 +767,7 @@ class Model:
                 event = session.next_event()
                 message = item.message
             else:
-                message = self.message_of(item, snap[1])
+                message = self.message_of(item, snap.encoding)
                 index = self._branch(cls.role, cls._recv, session, message)
                 if self.config.wire:
                     session.feed(item)
@@ -782,17 +778,17 @@ class Model:
                     event = session.receive_message(message)
                 if event is message and index is not None:
                     self.coverage.taken.add((cls.role, state, f"recv_{message.NAME}", index))
-            hit = (event, message, _snapshot(session))
+            hit = (event, message, session.snapshot())
             self._recv_memo[key] = hit
         return hit
 
     def engine_close(self, cls: type, snap: tuple[Any, ...]) -> tuple[Any, ...]:
         """Our side ended the transport (``close``)."""
         session = self._restore(cls, snap)
-        if snap[0] != _CLOSED:
-            self.coverage.taken.add((cls.role, snap[0], CLOSED_TRIGGER, 0))
+        if snap.state != _CLOSED:
+            self.coverage.taken.add((cls.role, snap.state, CLOSED_TRIGGER, 0))
         session.close()
-        return _snapshot(session)
+        return session.snapshot()
 
     # --- successors --------------------------------------------------------------------------
     def successors(
@@ -852,7 +848,7 @@ class Model:
         return bool(
             self.config.total_msgs
             and c.engine is not None
-            and MSG.TYPE in self.client_table.send[c.engine[0]]
+            and MSG.TYPE in self.client_table.send[c.engine.state]
             and self._may_send_msg(decoded, i)
         )
 
@@ -946,7 +942,7 @@ class Model:
             if k is None and c.sessions < cfg.sessions:
                 yield self._step(state, decoded, "client", i, "connect", None, self.connect)
             return
-        cstate = engine[0]
+        cstate = engine.state
         if cstate != _CLOSED:
             if k is None or len(c2s[i]) < cfg.capacity:
                 for code in self.client_table.send[cstate]:
@@ -1003,7 +999,7 @@ class Model:
             return
         if c2s[i]:
             yield self._step(state, decoded, "server", i, "serve", None, self.serve)
-        if c.pinged < cfg.server_pings and not k.pinged and k.engine[0] in self.pushable:
+        if c.pinged < cfg.server_pings and not k.pinged and k.engine.state in self.pushable:
             yield self._step(state, decoded, "server", i, "ping", None, self.server_ping)
         if c.timeouts < cfg.timeouts:
             yield self._step(state, decoded, "server", i, "timeout", None, self.idle_timeout)
@@ -1094,7 +1090,7 @@ class Model:
         c = w.cl[i]
         session = ClientSession(limits=self.limits)
         w.cl[i] = c._replace(
-            engine=_snapshot(session),
+            engine=session.snapshot(),
             open=True,
             sessions=c.sessions + 1,
             account=None,
@@ -1116,7 +1112,7 @@ class Model:
         w.cl[i] = c._replace(**changes)
         if w.cn[i] is not None:
             w.q[i] = (*w.q[i], item)
-        if snap[0] == _CLOSED:
+        if snap.state == _CLOSED:
             self.client_close(w, i, ENDED_BY_DROP)
 
     def _counted(self, c: Client, i: int, message: Message) -> dict[str, Any]:
@@ -1152,12 +1148,12 @@ class Model:
         _, snap = self.engine_send(ClientSession, c.engine, message)
         w.cl[i] = c._replace(engine=snap, malformed=c.malformed + 1, **self._counted(c, i, message))
         if w.cn[i] is not None:
-            w.q[i] = (*w.q[i], Malformed(corrupt(encode(message, c.engine[1])), message))
+            w.q[i] = (*w.q[i], Malformed(corrupt(encode(message, c.engine.encoding)), message))
 
     def client_close(self, w: _World, i: int, how: str) -> None:
         """The client closes its end: what it has not read is lost; the server reads EOF next."""
         c = w.cl[i]
-        snap = c.engine if c.engine[0] == _CLOSED else self.engine_close(ClientSession, c.engine)
+        snap = c.engine if c.engine.state == _CLOSED else self.engine_close(ClientSession, c.engine)
         w.cl[i] = c._replace(engine=snap, open=False, ended=how or c.ended or ENDED_BY_CLOSE)
         w.r[i] = ()
         if w.cn[i] is not None:
@@ -1179,18 +1175,18 @@ class Model:
             w.cl[i] = c
             self.client_close(w, i, ENDED_BY_CLOSE)
             return
-        account = name_key(before[4]) if before[4] is not None else None
+        account = name_key(before.user) if before.user is not None else None
         accepted = event is message
         w.events.append(
             EvClientReceived(
                 i,
                 message,
-                before[0],
-                before[4],
+                before.state,
+                before.user,
                 accepted,
                 account,
                 self.config.clients[i].encoding,
-                c.msgs if before[0] == "AWAIT_ACK" else None,
+                c.msgs if before.state == "AWAIT_ACK" else None,
                 c.view,
             )
         )
@@ -1209,7 +1205,7 @@ class Model:
             return
         name = message.NAME
         if name == "PING":
-            if self.client_table.send[snap[0]].get(PONG.TYPE) is not None:
+            if self.client_table.send[snap.state].get(PONG.TYPE) is not None:
                 if w.cn[i] is not None and len(w.q[i]) >= self.config.capacity:
                     raise _Blocked
                 item, snap = self.engine_send(ClientSession, snap, PONG(nonce=message.nonce))
@@ -1237,7 +1233,7 @@ class Model:
         elif name == "ERROR" and message.flags & ErrorFlags.FATAL:
             c = c._replace(ended=ENDED_BY_ERROR)
         w.cl[i] = c
-        if snap[0] == _CLOSED:
+        if snap.state == _CLOSED:
             self.client_close(w, i, None)
 
     # --- server steps: the server core, fed one input each ----------------------------------------
@@ -1254,7 +1250,7 @@ class Model:
             EvServerReceived(
                 i,
                 message,
-                k.engine[0],
+                k.engine.state,
                 accepted or isinstance(event, ConnectionClosed),
                 rule,
                 isinstance(item, Malformed),
@@ -1277,7 +1273,7 @@ class Model:
     def connection_lost(self, w: _World, i: int) -> None:
         """The transport is lost while the connection waits for its password check."""
         w.message = None
-        state = w.cn[i].engine[0]
+        state = w.cn[i].engine.state
         w.events.append(EvServerReceived(i, None, state, True, None))
         self.coverage.taken.add(("server", state, CLOSED_TRIGGER, 0))
         w.core.connection_lost(w.conn(i), 0.0)
@@ -1345,7 +1341,7 @@ class Model:
         for j, k in enumerate(w.cn):
             if k is not None:
                 conns[j] = core.adopt(j, k.core, address=_ADDRESS)
-                w.effects.states[j] = k.engine[0]
+                w.effects.states[j] = k.engine.state
         for key in srv.online:
             for j, k in enumerate(w.cn):
                 if k is not None and k.online and k.key == key:
@@ -1397,7 +1393,7 @@ class _WorldEffects:
     def send(self, conn: CoreConnection, message: Message, frame: bytes) -> None:
         i = conn.handle
         before = self.states[i]
-        after = self.states[i] = conn.session._state
+        after = self.states[i] = conn.session.state
         self.apply(("send", i, message, frame, before, after, conn.key))
 
     def close(self, conn: CoreConnection, abort: bool) -> None:
@@ -1658,7 +1654,7 @@ class View:
     def online_names(self) -> list[str]:
         """The names the server reports online (its sessions' users), in login order."""
         conns = [k for k in self.conns if k is not None and k.online]
-        return [next(k.engine[4] or k.key for k in conns if k.key == key) for key in self.online]
+        return [next(k.engine.user or k.key for k in conns if k.key == key) for key in self.online]
 
     @property
     def quiet(self) -> bool:
@@ -1679,10 +1675,10 @@ class View:
     def waiting(self, client: Client) -> bool:
         """The client's state is one where it waits for the server (its table lets it send
         nothing but an answer or a last ERROR)."""
-        return client.engine is not None and client.engine[0] in self.model.waiting
+        return client.engine is not None and client.engine.state in self.model.waiting
 
     def server_authenticated(self, conn: Conn) -> bool:
-        return self.model.server_table.states[conn.engine[0]].authenticated
+        return self.model.server_table.states[conn.engine.state].authenticated
 
     def logged(self, server_msg_id: int) -> Logged | None:
         for entry in self.ghost.log:

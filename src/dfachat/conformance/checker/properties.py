@@ -303,14 +303,14 @@ def no_deadlock(s: View) -> bool:
 @eventually("R7.3", "R7.2")
 def every_msg_gets_an_ack(s: View) -> bool:
     """Every MSG gets its MSG_ACK: no client with an open connection rests waiting for one."""
-    return not any(c.open and c.engine[0] == "AWAIT_ACK" for c in s.clients)
+    return not any(c.open and c.engine.state == "AWAIT_ACK" for c in s.clients)
 
 
 @eventually("R5.5", "R6.5", "R6.3", "R8.3")
 def every_request_is_answered(s: View) -> bool:
     """HELLO, PASS and LIST are answered: no client with an open connection rests waiting."""
     return not any(
-        c.open and s.waiting(c) and c.engine[0] not in ("AWAIT_ACK", "AWAIT_BYE") for c in s.clients
+        c.open and s.waiting(c) and c.engine.state not in ("AWAIT_ACK", "AWAIT_BYE") for c in s.clients
     )
 
 
@@ -328,7 +328,7 @@ def every_quit_gets_bye(s: View) -> bool:
 def joined_matched_by_left(s: View) -> bool:
     """Every JOINED is matched by one LEFT once that session ends: each client sees who is online."""
     online = sorted(s.online_names())
-    return all(list(c.view) == online for c in s.clients if c.open and c.engine[4] is not None)
+    return all(list(c.view) == online for c in s.clients if c.open and c.engine.user is not None)
 
 
 # --- sometimes: the model is not vacuous ----------------------------------------------------
