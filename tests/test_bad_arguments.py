@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 RULE_ID = re.compile(r"\[R\d+\.\d+\]")
@@ -211,6 +211,8 @@ def test_any_port_out_of_range_is_refused(command: str, port: int, tmp_path: Pat
 
 
 @given(text=st.text(max_size=12))
+@example(text="²")  # a digit to str.isdigit(), not to int()
+@example(text=" 80 ")
 def test_the_port_type_accepts_exactly_the_ports(text: str) -> None:
     import argparse
 
@@ -218,7 +220,8 @@ def test_the_port_type_accepts_exactly_the_ports(text: str) -> None:
 
     for allow_zero in (True, False):
         low = 0 if allow_zero else 1
-        is_port = text.strip().isdigit() and low <= int(text) <= 65535
+        digits = text.strip()
+        is_port = bool(digits) and all(c in "0123456789" for c in digits) and low <= int(digits) <= 65535
         try:
             value = _port(allow_zero=allow_zero)(text)
         except argparse.ArgumentTypeError as exc:

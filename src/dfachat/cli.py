@@ -66,7 +66,8 @@ def _port(*, allow_zero: bool) -> Callable[[str], int]:
     low = 0 if allow_zero else 1
 
     def port(text: str) -> int:
-        value = int(text) if text.strip().isdigit() else -1
+        # ASCII digits only: str.isdigit() takes '²', which int() refuses.
+        value = int(text) if re.fullmatch(r"[0-9]+", text.strip()) else -1
         if not low <= value <= 65535:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a port: give a number from {low} to 65535"
