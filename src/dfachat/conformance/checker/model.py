@@ -1536,16 +1536,6 @@ class _World:
         """The core's connection for client ``i``."""
         return self.core.connections[self.effects.conns[i].id]
 
-    def online_slots(self) -> list[int]:
-        """The online connections, in login order (the server's ``online`` dict)."""
-        out = []
-        for key in self.srv.online:
-            for j, k in enumerate(self.cn):
-                if k is not None and k.online and k.key == key:
-                    out.append(j)
-                    break
-        return out
-
     def write(
         self, i: int, item: Any, message: Message, state: str, authenticated: bool, key: str | None
     ) -> None:
