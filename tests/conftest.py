@@ -1,4 +1,5 @@
-"""Shared test configuration: the Hypothesis profiles the tests run under.
+"""Shared test configuration: the Hypothesis profiles the tests run under, and how the tests are
+split between pytest-xdist's workers (below).
 
 ``dev`` (the default): no deadline -- the codec's oracle (construct) is slow
 and machines vary, so timing is never a failure. ``ci``: the same,
@@ -8,8 +9,57 @@ or explicitly with ``HYPOTHESIS_PROFILE=ci``.
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", settings.get_profile("dev"), derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+# --- running in parallel (pytest-xdist: ``-n auto --dist loadgroup`` in pyproject.toml) ----------
+#
+# Each worker is a process of its own that collects every test and runs the ones it is handed.
+# Two things make the split worth having:
+#
+# * A module's (or class's, or package's) fixture is built once per worker that runs a test using
+#   it, so the tests sharing an expensive one (the kill table's fuzzer runs, the checker's small
+#   model, the scenarios) must land on one worker: they get an xdist_group, and ``loadgroup``
+#   hands a group out whole. Session fixtures (Xvfb) are per worker, as they must be.
+# * Tests are handed out in collection order, one at a time as workers free up. A test of half a
+#   minute handed out last runs alone while the other worker idles, so the slow ones (SLOW below,
+#   tens of seconds each) are collected first. xdist hands out the groups first, largest first.
+
+SLOW = (
+    "tests/test_core_mutations.py::",
+    "tests/server/test_soak.py::test_short_soak_loses_nothing",
+    "tests/test_readme.py::test_the_walk_through_runs_as_written",
+    "tests/fsm/test_conversations.py::",
+    "tests/conformance/fuzz/test_server_mode.py::",
+    "tests/conformance/fuzz_client/test_client_mode.py::",
+    "tests/conformance/test_real_spec.py::",
+    "tests/test_architecture.py::test_adding_typing_reaches_every_part",
+)
+
+
+def _shared_scope(item: pytest.Item) -> str | None:
+    """The node id of the widest module, class or package fixture ``item`` uses, or None."""
+    info = getattr(item, "_fixtureinfo", None)  # a test function's fixtures (pytest's own record)
+    scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs} if info else set()
+    for scope, node_type in (("package", pytest.Package), ("module", pytest.Module), ("class", pytest.Class)):
+        if scope in scopes:
+            node = item.getparent(node_type)
+            return node.nodeid if node is not None else None
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(SLOW) if item.nodeid.startswith(prefix)), len(SLOW))
+
+    items.sort(key=rank)  # stable: the order within a rank is collection order
+    for item in items:
+        group = _shared_scope(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -20,7 +20,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,19 +137,6 @@ def run_fuzzer(tree: Path, workdir: Path) -> tuple[int, list[tuple[str, str]], s
     return done.returncode, failures, (done.stdout + done.stderr)[-2000:]
 
 
-@pytest.fixture(scope="module")
-def verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[tuple[int, list[str]], tuple[int, list[tuple[str, str]], str]]]:
-    """Every mutant through both tools, two at a time (the machine has two cores)."""
-    where = tmp_path_factory.mktemp("mutants")
-
-    def both(mutation: Mutation) -> tuple[tuple[int, list[str]], tuple[int, list[tuple[str, str]], str]]:
-        tree = mutated_tree(mutation, where)
-        return run_checker(tree), run_fuzzer(tree, tree.parent)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip((m.name for m in MUTATIONS), pool.map(both, MUTATIONS), strict=True))
-
-
 def test_every_mutation_applies_to_the_core_as_it_is() -> None:
     text = (ROOT / "src" / CORE).read_text(encoding="utf-8")
     for mutation in MUTATIONS:
@@ -158,13 +144,17 @@ def test_every_mutation_applies_to_the_core_as_it_is() -> None:
     assert len({m.name for m in MUTATIONS}) == len(MUTATIONS) >= 5
 
 
+# Each mutant through each tool is a test of its own, so that pytest-xdist's workers share them out.
+
+
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
-def test_the_checker_catches_a_mutated_core(mutation: Mutation, verdicts: dict) -> None:
-    code, violated = verdicts[mutation.name][0]
+def test_the_checker_catches_a_mutated_core(mutation: Mutation, tmp_path: Path) -> None:
+    code, violated = run_checker(mutated_tree(mutation, tmp_path))
     assert code == 1 and violated, f"dfachat check --clients 2 let through: {mutation.what}"
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
-def test_the_fuzzer_catches_a_server_running_a_mutated_core(mutation: Mutation, verdicts: dict) -> None:
-    code, failures, output = verdicts[mutation.name][1]
+def test_the_fuzzer_catches_a_server_running_a_mutated_core(mutation: Mutation, tmp_path: Path) -> None:
+    tree = mutated_tree(mutation, tmp_path)
+    code, failures, output = run_fuzzer(tree, tree.parent)
     assert code == 1 and failures, f"dfachat fuzz server let through: {mutation.what}\n{output}"

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +50,6 @@ from .faulty_servers import (
     LONG_IDLE_TIMEOUT_S,
     LONG_TEXT,
     SHORT_IDLE_TIMEOUT_S,
-    FuzzRun,
     build_server,
     fuzz,
     idle_timeout_for,
@@ -366,75 +363,29 @@ QUICK_KILLS = (
 KILL_OPTIONS = ("-x",)
 # The reference server: with the long idle timeout the faults use, and with the short one.
 REFERENCE_RUNS = ((1, LONG_IDLE_TIMEOUT_S, 25), (2, LONG_IDLE_TIMEOUT_S, 25), (1, SHORT_IDLE_TIMEOUT_S, 10))
-PARALLEL_RUNS = 2  # fuzzer processes at once (each starts its own target)
-
-RunKey = tuple[str, int, int, int]  # fault ("none": the reference), seed, idle timeout, max examples (0: default)
-
-
-def _kill_key(fault: str) -> RunKey:
-    return (fault, KILL_SEED, idle_timeout_for(fault), 0)
-
-
-class KillRuns:
-    """The fuzzer runs this session asks for, started together on a small pool, awaited one by one."""
-
-    def __init__(self, workdir: Path, wanted: list[RunKey]) -> None:
-        self.workdir = workdir
-        self.pool = ThreadPoolExecutor(PARALLEL_RUNS)
-        self.futures: dict[RunKey, Future[FuzzRun]] = {}
-        for key in wanted:
-            self.submit(key)
-
-    def submit(self, key: RunKey) -> Future[FuzzRun]:
-        if key not in self.futures:
-            fault, seed, idle, examples = key
-            if examples:
-                options: tuple[str, ...] = ("--max-examples", str(examples))
-            else:
-                options = KILL_OPTIONS
-            workdir = self.workdir / "-".join(map(str, key))
-            self.futures[key] = self.pool.submit(fuzz, fault, workdir, seed=seed, idle_timeout=idle, options=options)
-        return self.futures[key]
-
-    def get(self, key: RunKey) -> FuzzRun:
-        return self.submit(key).result()
-
-
-@pytest.fixture(scope="module")
-def kill_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillRuns]:
-    wanted = []  # the runs of the selected tests, in their order, started at once
-    for item in request.session.items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if item.module is not sys.modules[__name__] or "run" not in params:
-            continue
-        key = params["run"]
-        if key[0] == "none" or ALL_KILLS or key[0] in QUICK_KILLS:
-            wanted.append(key)
-    runs = KillRuns(tmp_path_factory.mktemp("kills"), wanted)
-    yield runs
-    runs.pool.shutdown(wait=True, cancel_futures=True)
+# Each run is a test of its own (one fuzzer process, which starts its own target), so that
+# pytest-xdist's workers share them out: as many runs at once as there are workers.
 
 
 def test_the_quick_kills_are_faults() -> None:
     assert set(QUICK_KILLS) <= set(FAULTS)
 
 
-@pytest.mark.parametrize("run", [("none", seed, idle, examples) for seed, idle, examples in REFERENCE_RUNS],
-                         ids=lambda key: f"seed{key[1]}-idle{key[2]}s")
-def test_the_reference_server_passes(kill_runs: KillRuns, run: RunKey) -> None:
-    result = kill_runs.get(run)
+@pytest.mark.parametrize(("seed", "idle", "examples"), REFERENCE_RUNS,
+                         ids=[f"seed{seed}-idle{idle}s" for seed, idle, _ in REFERENCE_RUNS])
+def test_the_reference_server_passes(seed: int, idle: int, examples: int, tmp_path: Path) -> None:
+    result = fuzz("none", tmp_path, seed=seed, idle_timeout=idle, options=("--max-examples", str(examples)))
     assert result.exit_code == 0, result.describe()
     assert result.report is not None and result.report["passed"], result.describe()
     assert result.report["steps"] > 0
 
 
-@pytest.mark.parametrize("run", [_kill_key(name) for name in sorted(FAULTS)], ids=lambda key: key[0])
-def test_the_fuzzer_catches(kill_runs: KillRuns, run: RunKey) -> None:
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_the_fuzzer_catches(fault: str, tmp_path: Path) -> None:
     """Within the time budget, with a failed check citing one of the fault's rules."""
-    fault = run[0]
     if not (ALL_KILLS or fault in QUICK_KILLS):
         pytest.skip("the whole kill table runs with DFACHAT_FUZZ_KILLS=all")
-    result = kill_runs.get(run)
+    result = fuzz(fault, tmp_path, seed=KILL_SEED, idle_timeout=idle_timeout_for(fault), options=KILL_OPTIONS)
     assert result.caught, f"expected a failure citing one of {FAULTS[fault].rules}\n" + result.describe()
     assert result.report is not None
     budget = result.report["settings"]["time_budget_s"]
