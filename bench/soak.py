@@ -2,6 +2,7 @@
 
     python bench/soak.py [--clients 500] [--hostile 100] [--seconds 300] [--seed 1] [--tls]
                          [--mailboxes 20] [--max-rss-mb 256] [--think 4] [--actions 5,30] [--keep DIR]
+                         [--protocol-version {1,2}] [--crash-share 0.3]
 
 The design, the soundness of the accounting and the recorded runs: docs/RELIABILITY.md.
 
@@ -19,6 +20,18 @@ choices (the interleaving of the event loop and the kernel is not replayed).
   sync (PING/PONG) and close or reset; stay offline a while; log in again.
   ``--mailboxes`` accounts ``mail<j>`` never log in before the end: what is
   sent to them waits in the database across both restarts.
+* ``--protocol-version`` (default 2) is the one version every client and
+  hostile slot offers. In version 2 each client is also its recipient's
+  *application*: it hands each DELIVER on to the account's log (kept in the
+  generator's memory, which stands for the application's durable store and
+  survives the client's crashes) unless its id is at or below the highest id
+  the log took, which it drops (R7.11), and it acknowledges each batch of
+  bytes with one cumulative DELIVER_ACK after handing it on. ``--crash-share``
+  of the clients are *crashing recipients*: each of their sessions crashes
+  with ``crash_chance`` at a random DELIVER -- after its bytes arrived but
+  before the application took it, after taking it but before acknowledging,
+  or in the middle of writing the DELIVER_ACK frame -- by resetting the
+  socket (RST), and logs in again after a short random delay.
 * Hostile connections, ``--hostile`` slots each running one behaviour after
   another from its own address 127.2.x.y (see :data:`HOSTILE_BEHAVIOURS`).
 * At 40 % of the run the server gets SIGTERM (graceful: BYE SHUTDOWN) and is
@@ -49,6 +62,19 @@ handling that request precedes the answer):
 * the server's RSS stays under ``--max-rss-mb``; its log holds no ERROR line
   and no traceback (``unhandled_errors``).
 
+In version 2 the check is at application level and excuses nothing, because
+the server forgets a message only once acknowledged (R7.10) and every
+account drains its inbox in the final round: every directed MSG whose
+MSG_ACK said DELIVERED, LOSSY or QUEUED for a recipient, and every broadcast
+for each account with a session logged in before it was sent that the server
+provably still had afterwards (it answered a request sent after the MSG_ACK
+was read, or sent a DELIVER with a later id), must be in that account's
+application log exactly once (``lost``, ``duplicated``), each sender's texts
+in increasing sequence (``reordered``), whatever crashes and restarts
+happened in between. DELIVER ids must increase within a session, and a
+DELIVER dropped as at or below the highest id taken must be one the log
+holds (else a violation: R7.10's ids did not increase across sessions).
+
 It prints progress and a summary on stderr and, last, one JSON line on stdout.
 The exit status is 0 when every figure is at its target.
 """
@@ -65,11 +91,12 @@ import random
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +109,7 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
     AUTH_OK,
     BYE,
     DELIVER,
+    DELIVER_ACK,
     ERROR,
     HELLO,
     HELLO_OK,
@@ -104,7 +132,6 @@ from dfachat.spec import (
     HEADER,
     LIMITS,
     MAGIC,
-    PROTOCOL_VERSION,
     ByeReason,
     DeliverFlags,
     ErrorFlags,
@@ -116,6 +143,8 @@ __all__ = ["HOSTILE_BEHAVIOURS", "SoakConfig", "check", "main", "passed", "run_s
 
 HOST = "127.0.0.1"
 SOAK_KDF = KdfParams(n=1024)  # cheap scrypt: hundreds of accounts in a second, logins in a millisecond
+LOGINS_PER_MINUTE = 25  # a client's own bound, under the server's max_logins_per_minute per address (R9.5)
+CRASH_KINDS = ("arrived", "taken", "mid_frame")  # where a crashing recipient dies (see LegitConnection.crash_at)
 REPLY_TIMEOUT_S = 20.0  # one answer (HELLO_OK, AUTH_OK, MSG_ACK, PONG, BYE) on a loaded 2-core machine
 CONNECT_TIMEOUT_S = 10.0
 RESTART_TIMEOUT_S = 20.0  # a stopped server's exit, a started one's "listening"
@@ -140,6 +169,11 @@ class SoakConfig:
     workdir: Path | None = None  # keep the database, logs and certificate there (default: a temporary dir)
     progress_s: float = 5.0  # 0: no progress lines
     python: str = sys.executable
+    protocol_version: int = 2  # the version every soak client offers, alone
+    crash_share: float = 0.3  # version 2: the share of clients whose sessions may crash
+    crash_chance: float = 0.5  # version 2: the chance that a session of such a client crashes
+    crash_after: tuple[int, int] = (0, 40)  # version 2: DELIVERs a crashing session takes before it dies
+    crash_delay_s: tuple[float, float] = (0.05, 0.5)  # version 2: before the crashed client logs in again
 
 
 # --- what the clients record ---------------------------------------------------------------
@@ -153,6 +187,7 @@ class SentMsg:
     ghosts: tuple[str, ...]  # names that are no account (UNKNOWN_USER expected)
     t_send: float
     t_ack: float | None = None
+    server_id: int = 0  # the MSG_ACK's server message id
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
 
@@ -165,7 +200,8 @@ class SessionRecord:
     t_sync: float = float("-inf")  # the last sync point (see the module docstring)
     t_end: float = float("inf")
     end: str = ""  # quit, close, reset (ours); shutdown, eof, error, timeout (the server's or a failure)
-    received: list[tuple[int, int, bool]] = field(default_factory=list)  # (sender, seq, stored)
+    received: list[tuple[int, int, bool]] = field(default_factory=list)  # (sender, seq, stored) handed on
+    last_id: int = 0  # version 2: the newest DELIVER's server message id (handed on or not)
 
 
 @dataclass
@@ -183,7 +219,15 @@ class Run:
     stopping: bool = False  # the mixed phase is over
     sent: list[SentMsg] = field(default_factory=list)
     sessions: list[list[SessionRecord]] = field(default_factory=list)  # per account, in time order
-    receipts: list[list[tuple[int, int]]] = field(default_factory=list)  # per account: (sender, seq) in order
+    # per account, (sender, seq) in the order handed to the application: in version 2 the application's
+    # durable log, which survives the client's crashes (the harness's memory stands for its disk)
+    receipts: list[list[tuple[int, int]]] = field(default_factory=list)
+    taken: list[int] = field(default_factory=list)  # version 2, per account: the highest server id handed on (R7.11)
+    taken_ids: list[set[int]] = field(default_factory=list)  # version 2, per account: every id handed on
+    suppressed: int = 0  # version 2: DELIVERs at or below ``taken``, dropped and acknowledged (R7.11)
+    redelivered: int = 0  # version 2: DELIVERs flagged REDELIVERED
+    crashes: Counter[str] = field(default_factory=Counter)  # version 2: crash kind -> sessions
+    crash_rng: random.Random = field(default_factory=random.Random)  # where a crash cuts its DELIVER_ACK
     windows: list[list[float]] = field(default_factory=list)  # [signal time, ready time] of each restart
     disturbed: Counter[str] = field(default_factory=Counter)
     disturbances: list[str] = field(default_factory=list)  # the first few, for the report
@@ -226,12 +270,23 @@ class Dropped(Exception):
 
 
 class LegitConnection(asyncio.Protocol):
-    """One legitimate session: the engine, the recorder, one outstanding request at a time."""
+    """One legitimate session: the engine, the recorder, one outstanding request at a time.
 
-    def __init__(self, run: Run, record: SessionRecord) -> None:
+    In version 2 it is also the recipient's application: it hands each DELIVER above the
+    highest id already taken to the account's log (``Run.receipts``), drops the others
+    (R7.11), and acknowledges everything a batch of bytes brought with one cumulative
+    DELIVER_ACK once the batch was handed on. ``crash``, when set, kills the session at
+    its ``after``-th DELIVER (see :meth:`crash_at`).
+    """
+
+    def __init__(self, run: Run, record: SessionRecord, crash: tuple[int, str] | None = None) -> None:
         self.run = run
         self.record = record
         self.session = ClientSession()
+        self.crash = crash  # (DELIVERs handled first, kind in CRASH_KINDS)
+        self.delivers = 0  # DELIVERs received in this session
+        self.last_id = 0  # the newest DELIVER's id in this session (they must increase, R7.10)
+        self.gone = asyncio.Event()  # set by finish: wakes the client's pauses
         self.transport: asyncio.Transport | None = None
         self.waiting: tuple[type, ...] = ()
         self.reply: asyncio.Future[Message] | None = None
@@ -245,7 +300,49 @@ class LegitConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for event in self.session.receive_data(data):
+            if self.ended:
+                return  # crashed in this batch: the rest is lost with the process
+            if isinstance(event, DELIVER) and self.crash is not None and self.delivers >= self.crash[0]:
+                self.crash_at(event)
+                return
             self.handle(event)
+        self.acknowledge()
+
+    def acknowledge(self, partial: bool = False) -> None:
+        """Version 2: one DELIVER_ACK for everything received and handed on (or dropped) so far (R7.11);
+        ``partial``: only the first bytes of its frame, then the crash."""
+        unacknowledged = self.session.unacknowledged
+        if not unacknowledged or self.ended or self.transport is None or self.transport.is_closing():
+            return
+        if not self.session.can_send(DELIVER_ACK):
+            return  # the session is ending (QUIT sent): the inbox keeps them for the next login
+        frame = self.session.send(DELIVER_ACK(server_msg_id=unacknowledged[-1]))
+        self.transport.write(frame[: self.run.crash_rng.randint(1, len(frame) - 1)] if partial else frame)
+
+    def crash_at(self, deliver: DELIVER) -> None:
+        """The client process dies at a DELIVER (its ``after``-th of the session), as ``crash[1]`` says:
+
+        * ``arrived``: its bytes arrived but the application never saw it (nor the rest of the batch);
+        * ``taken``: the application took it, the DELIVER_ACK was never sent;
+        * ``mid_frame``: the application took it, the process died writing the DELIVER_ACK.
+
+        What the application took stays in the account's log; everything else is gone. The socket is
+        reset (RST, SO_LINGER 0) as a dead process's would be by the kernel with data unread.
+        """
+        assert self.crash is not None
+        kind = self.crash[1]
+        if kind != "arrived":
+            self.handle(deliver)
+        if kind == "mid_frame":
+            self.acknowledge(partial=True)
+        self.run.crashes[kind] += 1
+        self.record.end = "crash"
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+        self.finish("crash")
 
     def eof_received(self) -> bool:
         for event in self.session.receive_data(b""):
@@ -259,6 +356,26 @@ class LegitConnection(asyncio.Protocol):
     def handle(self, event: Any) -> None:
         run = self.run
         if isinstance(event, DELIVER):
+            self.delivers += 1
+            version2 = (self.session.version or 1) >= 2
+            if version2:
+                if event.server_msg_id <= self.last_id:
+                    run.violations.append(f"{run.names[self.record.account]}: DELIVER {event.server_msg_id} "
+                                          f"after {self.last_id} in one session (R7.10)")
+                self.last_id = self.record.last_id = event.server_msg_id
+                if event.flags & DeliverFlags.REDELIVERED:
+                    run.redelivered += 1
+                if event.server_msg_id <= run.taken[self.record.account]:
+                    run.suppressed += 1  # the application has it already: dropped, acknowledged (R7.11)
+                    if event.server_msg_id not in run.taken_ids[self.record.account]:
+                        # it never had it: the server broke the increasing ids across sessions, and the
+                        # drop R7.11 requires loses the message (counted lost); say which rule broke
+                        run.violations.append(
+                            f"{run.names[self.record.account]}: DELIVER {event.server_msg_id} "
+                            f"({event.text.split(' ', 1)[0]}) below {run.taken[self.record.account]}, "
+                            "taken earlier, but never taken itself (R7.10)"
+                        )
+                    return
             head = event.text.split(" ", 1)[0]
             try:
                 sender, seq = (int(part) for part in head.split(":"))
@@ -271,6 +388,9 @@ class LegitConnection(asyncio.Protocol):
             stored = bool(event.flags & DeliverFlags.STORED)
             self.record.received.append((sender, seq, stored))
             run.receipts[self.record.account].append((sender, seq))
+            if version2:  # taken: with the log entry, as durably (R7.11)
+                run.taken[self.record.account] = event.server_msg_id
+                run.taken_ids[self.record.account].add(event.server_msg_id)
         elif isinstance(event, PING):
             if self.session.can_send(PONG) and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(self.session.send(PONG(nonce=event.nonce)))
@@ -314,6 +434,7 @@ class LegitConnection(asyncio.Protocol):
             self.reply.set_exception(Dropped(how))
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+        self.gone.set()
 
     # requests
     def send(self, message: Message) -> None:
@@ -366,12 +487,33 @@ class Client:
         self.targets = targets  # accounts a directed MSG may name
         self.seq = 0
         self.msg_id = 0
+        # its own generator, so that version 1's choices stay what the seed made them before crashes existed
+        self.crash_rng = random.Random(f"{run.config.seed}:crash:{index}")
+        self.crashy = (
+            run.config.protocol_version >= 2 and index < run.config.clients
+            and self.crash_rng.random() < run.config.crash_share
+        )
+        self.logins: deque[float] = deque()  # when its recent sessions began (LOGINS_PER_MINUTE)
 
-    async def connect(self) -> LegitConnection | None:
+    def crash_plan(self) -> tuple[int, str] | None:
+        """Whether and where the next session dies (never once the mixed phase is over)."""
+        config = self.run.config
+        if not self.crashy or self.run.stopping or self.crash_rng.random() >= config.crash_chance:
+            return None
+        return self.crash_rng.randint(*config.crash_after), self.crash_rng.choice(CRASH_KINDS)
+
+    async def connect(self, crash: tuple[int, str] | None = None) -> LegitConnection | None:
         """A logged-in session, or None (recorded as disturbed unless a restart explains it)."""
         run = self.run
+        while len(self.logins) >= LOGINS_PER_MINUTE:  # crashing clients log in often: stay under R9.5
+            wait = self.logins[0] + 61.0 - run.now()
+            if wait <= 0:
+                self.logins.popleft()
+            else:
+                await asyncio.sleep(wait)
+        self.logins.append(run.now())
         record = SessionRecord(self.index, run.now())
-        conn = LegitConnection(run, record)
+        conn = LegitConnection(run, record, crash)
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await run.loop.create_connection(
@@ -385,7 +527,8 @@ class Client:
             return None
         run.sessions[self.index].append(record)
         try:
-            await conn.request(HELLO(versions=(PROTOCOL_VERSION,), encoding=self.encoding, software="soak"), HELLO_OK)
+            version = run.config.protocol_version
+            await conn.request(HELLO(versions=(version,), encoding=self.encoding, software="soak"), HELLO_OK)
             conn.send(USER(name=self.name))
             record.t_pass = run.now()
             reply = await conn.request(PASS(password=password_of(self.name)), AUTH_OK, AUTH_FAILED)
@@ -407,7 +550,7 @@ class Client:
     def ended(self, conn: LegitConnection, doing: str) -> None:
         """Judge a session the server (or a timeout) ended; an ERROR was counted when it came."""
         record = conn.record
-        if conn.error:
+        if conn.error or record.end == "crash":  # counted when it came / our own doing
             return
         if record.end in ("shutdown", "eof", "reset") and self.run.in_restart(record.t_connect, record.t_end):
             return
@@ -418,14 +561,14 @@ class Client:
         config = run.config
         rng = self.rng
         while not run.stopping:
-            conn = await self.connect()
+            conn = await self.connect(self.crash_plan())
             if conn is None:
                 await asyncio.sleep(rng.uniform(0.2, 0.6))
                 continue
             try:
                 for _ in range(rng.randint(*config.actions)):
-                    await run.pause(rng.expovariate(1 / config.think_s))
-                    if run.stopping:
+                    await self.pause(conn, rng.expovariate(1 / config.think_s))
+                    if run.stopping or conn.ended:
                         break
                     if rng.random() < 0.1:
                         await conn.request(PING(nonce=rng.getrandbits(32)), PONG)
@@ -435,8 +578,19 @@ class Client:
             except Dropped as exc:
                 self.ended(conn, str(exc))
             run.online -= 1
-            if not run.stopping:
+            if conn.record.end == "crash":  # a crashed process is restarted at once
+                await asyncio.sleep(self.crash_rng.uniform(*config.crash_delay_s))
+            elif not run.stopping:
                 await run.pause(rng.uniform(*config.offline_s))
+
+    async def pause(self, conn: LegitConnection, seconds: float) -> None:
+        """Sleep, but wake when the mixed phase ends or the session does (a crash)."""
+        waits = [self.run.loop.create_task(self.run.stopped.wait()), self.run.loop.create_task(conn.gone.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
 
     async def say(self, conn: LegitConnection) -> None:
         run, rng = self.run, self.rng
@@ -459,6 +613,7 @@ class Client:
         ack = await conn.request(MSG(msg_id=self.msg_id, recipients=names, text=text), MSG_ACK)
         sent.t_send = conn.request_sent
         sent.t_ack = run.now()
+        sent.server_id = ack.server_msg_id
         for result in ack.results:
             if recipients is not None and result.name not in ghosts:
                 sent.outcomes[run.index_of[result.name]] = result.outcome
@@ -479,7 +634,10 @@ class Client:
         conn.finish(how)
 
     async def final(self) -> None:
-        """After the mixed phase: one more session, to collect stored messages, then QUIT."""
+        """After the mixed phase: one more session, to collect stored messages, then QUIT.
+
+        In version 2 the inbox comes a window at a time, as acknowledgements arrive (R7.12): it
+        syncs (PING, PONG) until two rounds in a row bring no DELIVER and leave none unacknowledged."""
         for _ in range(5):
             conn = await self.connect()
             if conn is None:
@@ -487,6 +645,11 @@ class Client:
                 continue
             try:
                 await conn.request(PING(nonce=1), PONG)
+                quiet = 0
+                while self.run.config.protocol_version >= 2 and quiet < 2:
+                    before = conn.delivers
+                    await conn.request(PING(nonce=2), PONG)
+                    quiet = quiet + 1 if conn.delivers == before and not conn.session.unacknowledged else 0
                 await self.leave(conn, "quit")
             except Dropped as exc:
                 self.ended(conn, f"final: {exc}")
@@ -502,12 +665,8 @@ def password_of(name: str) -> str:
 # --- hostile connections -------------------------------------------------------------------------
 
 
-def _frame(message: Message) -> bytes:
-    return encode(message)
-
-
-def _hello() -> bytes:
-    return _frame(HELLO(versions=(PROTOCOL_VERSION,), encoding="utf-8", software="hostile"))
+def _frame(message: Message, version: int = 1) -> bytes:
+    return encode(message, "utf-8", version)
 
 
 class Hostile:
@@ -520,6 +679,14 @@ class Hostile:
         self.account = f"bad{slot}"
         self.behaviour = ""
         self.how = ""  # how the last read ended
+        self.version = run.config.protocol_version
+
+    def frame(self, message: Message) -> bytes:
+        """A frame after HELLO: in the version the HELLO offers (R5.2)."""
+        return _frame(message, self.version)
+
+    def hello(self) -> bytes:
+        return _frame(HELLO(versions=(self.version,), encoding="utf-8", software="hostile"))  # version 1 (R5.2)
 
     async def open(self, *, flood: bool = False, rcvbuf: int | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         run = self.run
@@ -565,6 +732,7 @@ class Hostile:
         """The server's messages, decoded as they come, until it closes or ``timeout`` passes;
         then None when it closed (:attr:`how` says how it ended)."""
         decoder = FrameDecoder()
+        decoder.versions = frozenset({1, self.version})  # an ERROR answering HELLO is in version 1 (R5.2)
         deadline = self.run.now() + timeout
         self.how = f"open after {timeout:g} s"
         while (left := deadline - self.run.now()) > 0 and not self.run.stopping:
@@ -603,7 +771,7 @@ class Hostile:
 
     async def login(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """HELLO, USER and PASS at once (pipelined); whether AUTH_OK came."""
-        writer.write(_hello() + _frame(USER(name=self.account)) + _frame(PASS(password=password_of(self.account))))
+        writer.write(self.hello() + self.frame(USER(name=self.account)) + self.frame(PASS(password=password_of(self.account))))
         async for message in self.messages(reader, REPLY_TIMEOUT_S):
             if isinstance(message, AUTH_OK):
                 return True
@@ -628,7 +796,7 @@ async def garbage(h: Hostile) -> None:
 async def bad_crc(h: Hostile) -> None:
     """A HELLO whose checksum is wrong (R2.6)."""
     reader, writer = await h.open()
-    frame = bytearray(_hello())
+    frame = bytearray(h.hello())
     frame[-1] ^= 0xFF
     writer.write(bytes(frame))
     await h.read_answer(reader)
@@ -638,7 +806,7 @@ async def bad_crc(h: Hostile) -> None:
 async def oversized(h: Hostile) -> None:
     """A header announcing more than max_frame bytes (R2.4)."""
     reader, writer = await h.open()
-    head = HEADER.build({"magic": MAGIC, "version": PROTOCOL_VERSION, "type": HELLO.TYPE, "length": LIMITS.max_frame + h.rng.randint(1, 1 << 20)})
+    head = HEADER.build({"magic": MAGIC, "version": 1, "type": HELLO.TYPE, "length": LIMITS.max_frame + h.rng.randint(1, 1 << 20)})
     writer.write(head + b"\0" * h.rng.randint(0, 256))
     await h.read_answer(reader)
     writer.transport.abort()
@@ -647,7 +815,7 @@ async def oversized(h: Hostile) -> None:
 async def truncated(h: Hostile) -> None:
     """A frame whose length field is shorter than its payload: the checksum lands in the payload."""
     reader, writer = await h.open()
-    frame = bytearray(_hello())
+    frame = bytearray(h.hello())
     frame[7] = max(frame[7] - h.rng.randint(1, 4), 0)
     writer.write(bytes(frame))
     await h.read_answer(reader)
@@ -657,7 +825,7 @@ async def truncated(h: Hostile) -> None:
 async def drop_mid_frame(h: Hostile) -> None:
     """Part of a HELLO, then a close or a reset."""
     _, writer = await h.open()
-    frame = _hello()
+    frame = h.hello()
     writer.write(frame[: h.rng.randint(1, len(frame) - 1)])
     await asyncio.sleep(h.rng.uniform(0, 0.2))
     if h.rng.random() < 0.5:
@@ -669,7 +837,7 @@ async def drop_mid_frame(h: Hostile) -> None:
 async def half_frame_stall(h: Hostile) -> None:
     """Part of a frame, then silence while holding the connection (R9.2 ends it after idle_timeout_s)."""
     reader, writer = await h.open()
-    frame = _hello()
+    frame = h.hello()
     writer.write(frame[: h.rng.randint(1, len(frame) - 1)])
     await h.hold()
     writer.transport.abort()
@@ -678,8 +846,8 @@ async def half_frame_stall(h: Hostile) -> None:
 async def drop_mid_login(h: Hostile) -> None:
     """HELLO and USER, then part of PASS (or all of it), then gone before the answer."""
     reader, writer = await h.open()
-    writer.write(_hello() + _frame(USER(name=h.account if h.rng.random() < 0.5 else f"soak{h.rng.randrange(100)}")))
-    password = _frame(PASS(password="wrong" if h.rng.random() < 0.5 else password_of(h.account)))
+    writer.write(h.hello() + h.frame(USER(name=h.account if h.rng.random() < 0.5 else f"soak{h.rng.randrange(100)}")))
+    password = h.frame(PASS(password="wrong" if h.rng.random() < 0.5 else password_of(h.account)))
     writer.write(password[: h.rng.randint(1, len(password))])
     await asyncio.sleep(h.rng.uniform(0, 0.05))
     writer.transport.abort()
@@ -689,7 +857,7 @@ async def drop_mid_message(h: Hostile) -> None:
     """Logged in, then part of a MSG, then gone."""
     reader, writer = await h.open()
     if await h.login(reader, writer):
-        frame = _frame(MSG(msg_id=1, recipients=(), text="half " * h.rng.randint(1, 100)))
+        frame = h.frame(MSG(msg_id=1, recipients=(), text="half " * h.rng.randint(1, 100)))
         writer.write(frame[: h.rng.randint(1, len(frame) - 1)])
         await asyncio.sleep(h.rng.uniform(0, 0.2))
     writer.transport.abort()
@@ -701,7 +869,7 @@ async def stop_reading(h: Hostile) -> None:
     reader, writer = await h.open(rcvbuf=4096)
     if await h.login(reader, writer):
         writer.transport.pause_reading()
-        listing = _frame(LIST())
+        listing = h.frame(LIST())
         end = h.run.now() + h.rng.uniform(*h.run.config.hold_s)
         while h.run.now() < end and not h.run.stopping and not _gone(writer):
             writer.write(listing * 20)
@@ -727,11 +895,11 @@ async def wrong_state(h: Hostile) -> None:
     if choice == 0:
         writer.write(_frame(MSG(msg_id=1, recipients=(), text="too early")))
     elif choice == 1:
-        writer.write(_hello() + _frame(PASS(password="no user yet")))
+        writer.write(h.hello() + h.frame(PASS(password="no user yet")))
     elif choice == 2:
-        writer.write(_hello() + _hello())
+        writer.write(h.hello() + h.hello())
     elif await h.login(reader, writer):
-        writer.write(_frame(USER(name=h.account)) + _frame(HELLO_OK(
+        writer.write(h.frame(USER(name=h.account)) + h.frame(HELLO_OK(
             version=1, max_frame=1, max_text=1, idle_timeout_s=1, max_recipients=1, login_attempts=1,
             encoding="utf-8", software="x")))
     await h.read_answer(reader, timeout=2.0)
@@ -745,10 +913,10 @@ async def login_flood(h: Hostile) -> None:
 
     async def one() -> None:
         reader, writer = await h.open(flood=True)
-        writer.write(_hello())
+        writer.write(h.hello())
         for _ in range(LIMITS.login_attempts):
             name = h.rng.choice((h.account, f"nobody{h.rng.randrange(1000)}", f"soak{h.rng.randrange(100)}"))
-            writer.write(_frame(USER(name=name)) + _frame(PASS(password="wrong")))
+            writer.write(h.frame(USER(name=name)) + h.frame(PASS(password="wrong")))
         await h.read_answer(reader, timeout=10.0)
         writer.transport.abort()
 
@@ -894,6 +1062,9 @@ async def _soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
     run.index_of = {name: i for i, name in enumerate(names)}
     run.sessions = [[] for _ in names]
     run.receipts = [[] for _ in names]
+    run.taken = [0 for _ in names]
+    run.taken_ids = [set() for _ in names]
+    run.crash_rng = random.Random(f"{config.seed}:cut")
     run.port = free_port()
     db = workdir / "soak.db"
     make_accounts(db, names + [f"bad{k}" for k in range(config.hostile)])
@@ -1035,10 +1206,24 @@ def check(run: Run) -> dict[str, Any]:
     auth_times = [[x.t_auth for x in per] for per in logged_in]
     end_times = [[x.t_end for x in per] for per in sessions]
 
+    version2 = run.config.protocol_version >= 2
+
     def online_throughout(account: int, m: SentMsg) -> bool:
         """A session of ``account`` logged in before the MSG was sent and synced after its ACK was read."""
         i = bisect.bisect_left(auth_times[account], m.t_send) - 1
         return i >= 0 and logged_in[account][i].t_sync > (m.t_ack or 0)
+
+    def online_at_ack(account: int, m: SentMsg) -> bool:
+        """Version 2: a session of ``account`` logged in before the MSG was sent that the server still
+        had after taking the MSG -- it answered a later request, or sent a DELIVER with a later id --
+        so the MSG went to its inbox (R7.10) and must reach the application, whatever happened to
+        that session afterwards. (Still open when the ACK was read proves nothing: the server may
+        have ended it, for one, as a slow consumer, before the client read that.)"""
+        i = bisect.bisect_left(auth_times[account], m.t_send) - 1
+        if i < 0:
+            return False
+        record = logged_in[account][i]
+        return record.t_sync > (m.t_ack or 0) or record.last_id > m.server_id
 
     def stored_required(account: int, m: SentMsg) -> bool:
         """Whether a QUEUED MSG can be required: every session that may have received it at login
@@ -1065,20 +1250,21 @@ def check(run: Run) -> dict[str, Any]:
         acked += 1
         key = (m.sender, m.seq)
         if m.recipients is None:
-            expected = [a for a in everyone if a != m.sender and online_throughout(a, m)]
+            live = online_at_ack if version2 else online_throughout
+            expected = [a for a in everyone if a != m.sender and live(a, m)]
             stored: list[int] = []
         else:
             expected, stored = [], []
             for account in set(m.recipients):
                 outcome = m.outcomes.get(account)
                 if outcome in (Outcome.DELIVERED, Outcome.LOSSY):
-                    if online_throughout(account, m):
+                    if version2 or online_throughout(account, m):  # version 2: in the inbox until taken
                         expected.append(account)
                 elif outcome is Outcome.QUEUED:
                     queued += 1
                     if online_throughout(account, m):
                         misrouted += 1  # it was online all along: should have been delivered
-                    if stored_required(account, m):
+                    if version2 or stored_required(account, m):  # version 2 forgets nothing unacknowledged
                         stored.append(account)
                     else:
                         unchecked_queued += 1
@@ -1126,6 +1312,15 @@ def check(run: Run) -> dict[str, Any]:
         "lost_samples": lost_samples,
         "restarts": [how for _, how in run.config.restarts],
         "harness_errors": run.harness_errors[:10],
+        "protocol_version": run.config.protocol_version,
+        "crashes": sum(run.crashes.values()),
+        "crashes_by_kind": dict(sorted(run.crashes.items())),
+        "crashing_clients": sum(
+            1 for i in range(run.config.clients)
+            if any(x.end == "crash" for x in sessions[i])
+        ),
+        "redelivered": run.redelivered,
+        "suppressed": run.suppressed,
     }
 
 
@@ -1160,13 +1355,17 @@ def run_soak(config: SoakConfig) -> dict[str, Any]:
 def summary(report: dict[str, Any]) -> str:
     lines = [
         f"soak: {report['clients']} clients + {report['hostile']} hostile slots for {report['seconds']:g} s "
-        f"(seed {report['seed']}{', TLS' if report['tls'] else ''}; restarts: {', '.join(report['restarts'])}), "
-        f"{report['elapsed_s']} s in all",
+        f"(protocol version {report['protocol_version']}, seed {report['seed']}{', TLS' if report['tls'] else ''}; "
+        f"restarts: {', '.join(report['restarts'])}), {report['elapsed_s']} s in all",
         f"  MSGs sent {report['sent']}, acked {report['acked']}; deliveries required {report['required']}, "
         f"delivered {report['delivered']}, lost {report['lost']}, duplicated {report['duplicated']}, "
-        f"reordered {report['reordered']}, misrouted {report['misrouted']}",
+        f"reordered {report['reordered']}, misrouted {report['misrouted']}"
+        + (" (at application level: the recipients' logs)" if report["protocol_version"] >= 2 else ""),
         f"  queued for offline accounts {report['queued']} ({report['queued_unchecked']} excused: a session that "
         "could have received it at login ended before syncing)",
+        *([f"  crashing recipients {report['crashing_clients']}: {report['crashes']} crashes "
+           f"{report['crashes_by_kind']}; DELIVERs flagged REDELIVERED {report['redelivered']}, dropped as "
+           f"already taken {report['suppressed']}"] if report["protocol_version"] >= 2 else []),
         f"  sessions {report['sessions']}, DELIVERs received {report['received']}, disturbed {report['disturbed']} "
         f"{report['disturbed_by_kind'] or ''}, violations {report['violations']}",
         f"  legitimate login (connect to AUTH_OK) ms {report['login_ms']}, MSG to MSG_ACK ms {report['ack_ms']}",
@@ -1201,11 +1400,20 @@ def main(argv: list[str] | None = None) -> int:
         "--actions", default=",".join(map(str, defaults.actions)), metavar="MIN,MAX", help="MSGs per session"
     )
     parser.add_argument("--keep", type=Path, help="keep the database, server logs and certificate in this directory")
+    parser.add_argument(
+        "--protocol-version", type=int, choices=(1, 2), default=defaults.protocol_version,
+        help="the version the clients offer; 2: acknowledged delivery, crashing recipients, application-level counts",
+    )
+    parser.add_argument(
+        "--crash-share", type=float, default=defaults.crash_share,
+        help="version 2: share of clients whose sessions may crash (0: none)",
+    )
     args = parser.parse_args(argv)
     config = SoakConfig(
         clients=args.clients, hostile=args.hostile, seconds=args.seconds, seed=args.seed, tls=args.tls,
         mailboxes=args.mailboxes, max_rss_mb=args.max_rss_mb, think_s=args.think, workdir=args.keep,
         actions=tuple(int(n) for n in args.actions.split(",")),  # type: ignore[arg-type]
+        protocol_version=args.protocol_version, crash_share=args.crash_share,
     )
     report = run_soak(config)
     print(summary(report), file=sys.stderr)

@@ -51,7 +51,7 @@ with instrumented(__name__):
     from dfachat.server.app import ChatServer, Connection, ServerConfig
     from dfachat.server.core import CoreConnection, ServerCore
     from dfachat.server.store import DEMO_ACCOUNTS, KdfParams, Store, name_key
-    from dfachat.spec import LIMITS
+    from dfachat.spec import LIMITS, SUPPORTED_VERSIONS
 
 instrument_functions(__name__, _frames.DECODERS.values())
 
@@ -156,13 +156,14 @@ async def _settle(server: ChatServer) -> None:
 
 def server_frames(transport: MemoryTransport) -> list[Message]:
     """Decode all a connection was sent: whole, valid frames, in the encoding HELLO_OK fixed."""
-    decoder = FrameDecoder("utf-8")
+    decoder = FrameDecoder("utf-8", versions=frozenset(SUPPORTED_VERSIONS))  # HELLO_OK: in its version
     decoder.feed(b"".join(transport.written))
     frames: list[Message] = []
     while (message := decoder.next_message()) is not None:
         frames.append(message)
         if type(message) is HELLO_OK:
             decoder.encoding = message.encoding
+            decoder.versions = frozenset({message.version})
     assert decoder.buffered == 0, f"the server wrote {decoder.buffered} bytes of a partial frame"
     return frames
 
@@ -170,7 +171,7 @@ def server_frames(transport: MemoryTransport) -> list[Message]:
 def _login_stream(name: str, password: str, encoding: str) -> bytes:
     return b"".join(
         (
-            encode(plain("HELLO", encoding=encoding)),
+            encode(plain("HELLO", encoding=encoding, versions=(1,))),  # this target's seeds speak version 1
             encode(plain("USER", name=name), encoding),
             encode(plain("PASS", password=password), encoding),
         )
@@ -183,7 +184,8 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name atheris and libF
     w = world()
     w.reset_stored()
     loop = w.loop
-    server = ChatServer(w.store, ServerConfig(limits=FUZZ_LIMITS), core_class=ServerCore)
+    # no group commit: every input's writes are done when its frames are (the store is shared)
+    server = ChatServer(w.store, ServerConfig(limits=FUZZ_LIMITS, group_commit=False), core_class=ServerCore)
     server.loop = loop
     internal_errors: list[str] = []
 
@@ -255,7 +257,7 @@ def seeds() -> dict[str, bytes]:
     wrong = b"".join(
         encode(m) for m in (plain("USER", name=FUZZ_USER), plain("PASS", password="wrong"))
     )
-    found["wrong-passwords"] = with_control(encode(plain("HELLO", encoding="utf-8")) + wrong * 3)
+    found["wrong-passwords"] = with_control(encode(plain("HELLO", encoding="utf-8", versions=(1,))) + wrong * 3)
     found["replaces-observer"] = with_control(_login_stream(OBSERVER, OBSERVER_PASSWORD, "utf-8"))
     found["offline-account"] = with_control(_login_stream(OFFLINE, DEMO_ACCOUNTS[2][1], "ascii"))
     return found

@@ -51,6 +51,22 @@ def apply_example(tree: Path) -> list[str]:
     return changed
 
 
+def typing_code() -> int:
+    """TYPING's type code, as the document's message block declares it (it must be one no
+    version uses: version 2 took 0x07 for DELIVER_ACK)."""
+    found = r'"TYPING", (0x[0-9A-Fa-f]+)'
+    (code,) = {int(m[1], 16) for _, _, block in examples() for m in re.finditer(found, block)}
+    return code
+
+
+def typing_rule() -> str:
+    """The rule the document's server rows for TYPING cite (its new rule, numbered after the
+    rules its section already has)."""
+    found = r'_t\("recv_TYPING", "ESTABLISHED", None, "(R\d+\.\d+)"'
+    (rule,) = {m[1] for _, _, block in examples() for m in re.finditer(found, block)}
+    return rule
+
+
 # What the copy must do: runs in a fresh interpreter with the copy first on sys.path.
 PROBE = textwrap.dedent(
     '''
@@ -86,7 +102,8 @@ PROBE = textwrap.dedent(
     # the protocol document
     from dfachat.spec.document import render_protocol_markdown
     doc = render_protocol_markdown()
-    out["doc"] = ["### TYPING (0x07)" in doc, "R7.10" in doc, doc.count("TYPING")]
+    code, rule = int(sys.argv[2]), sys.argv[3]
+    out["doc"] = [f"### TYPING (0x{code:02X})" in doc, rule in doc, doc.count("TYPING")]
 
     # the diagrams: both roles' state diagrams and the packet layouts
     from dfachat.spec import MESSAGES_BY_NAME
@@ -193,12 +210,12 @@ def test_adding_typing_reaches_every_part(typing_tree: Path) -> None:
     assert len(changed) == len(examples())
     env = {**os.environ, "PYTHONPATH": str(typing_tree)}
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, str(typing_tree)],
+        [sys.executable, "-c", PROBE, str(typing_tree), str(typing_code()), typing_rule()],
         capture_output=True, text=True, timeout=240, env=env, cwd=typing_tree,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["codec"] == ["TYPING", "Steve", True, 7]
+    assert out["codec"] == ["TYPING", "Steve", True, typing_code()]
     assert out["oracle"] is True
     assert out["rows"] == sorted(
         ["server recv ESTABLISHED", "client send ESTABLISHED"]

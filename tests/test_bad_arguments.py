@@ -18,6 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from dfachat.cli import shown_path
+
 RULE_ID = re.compile(r"\[R\d+\.\d+\]")
 
 
@@ -244,5 +246,5 @@ def test_a_db_in_a_missing_directory_is_refused_and_nothing_is_created(
     db = base.joinpath(*parts, "chat.db")
     argv = ["server", "--db", str(db)] if command == "server" else ["users", "--db", str(db), "list"]
     result = run(tmp_path, *argv)
-    assert_one_clear_line(result, str(db.parent), "mkdir -p")
+    assert_one_clear_line(result, shown_path(db.parent), "mkdir -p")
     assert not base.exists()  # no directory was made for a mistyped path

@@ -107,21 +107,21 @@ def _first_seed(module: ModuleType, prefix: str) -> bytes:
 
 def test_decoder_target_lets_foreign_exceptions_through(monkeypatch: pytest.MonkeyPatch) -> None:
     decoder = target("decoder")
-    data = _first_seed(decoder, "PING-")
+    data = _first_seed(decoder, "v1-PING-")
 
     def broken(*args: object) -> object:
         raise KeyError("a bug in a generated decoder")
 
     ping_type = decoder.decode_frame(decoder.split_input(data)[1]).TYPE
-    monkeypatch.setitem(decoder._frames.DECODERS, ping_type, broken)
+    monkeypatch.setitem(decoder._frames.DECODERS, (1, ping_type), broken)
     with pytest.raises(KeyError):
         decoder.TestOneInput(data)
 
 
 def test_decoder_target_checks_the_canonical_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
     decoder = target("decoder")
-    data = _first_seed(decoder, "PING-")
-    monkeypatch.setattr(decoder, "encode", lambda message, encoding="utf-8": b"not the frame")
+    data = _first_seed(decoder, "v1-PING-")
+    monkeypatch.setattr(decoder, "encode", lambda message, encoding="utf-8", version=1: b"not the frame")
     with pytest.raises(AssertionError, match="not canonical"):
         decoder.TestOneInput(data)
 

@@ -186,6 +186,12 @@ def _add_db_option(parser: argparse.ArgumentParser, default: Any = None) -> None
     )
 
 
+def shown_path(path: object) -> str:
+    """A path as one line of a message: quoted with escapes when it holds unprintable characters."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def _db_path(args: argparse.Namespace) -> Any:
     """The database path: the default one's directory is created on first use, but a --db in
     a directory that does not exist is refused (a typo should not silently make directories)."""
@@ -197,8 +203,9 @@ def _db_path(args: argparse.Namespace) -> Any:
         return default_db_path()
     path = Path(args.db)
     if not path.parent.is_dir():
-        raise StoreError(f"--db {args.db}: the directory {path.parent} does not exist: create it "
-                         f"first (mkdir -p {path.parent}) or give --db a path in an existing directory")
+        parent = shown_path(path.parent)
+        raise StoreError(f"--db {shown_path(args.db)}: the directory {parent} does not exist: create it "
+                         f"first (mkdir -p {parent}) or give --db a path in an existing directory")
     return path
 
 
@@ -225,22 +232,11 @@ def _add_server(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-connections", type=_count(1), default=10_000, metavar="N", help="refuse beyond this many (R1.4)"
     )
-    parser.add_argument(
-        "--max-per-address", type=_count(1), default=LIMITS.max_per_address, metavar="N",
-        help=f"connections open at once from one address (R1.5; default {LIMITS.max_per_address})",
-    )
-    parser.add_argument(
-        "--max-logins-per-minute", type=_count(1), default=LIMITS.max_logins_per_minute, metavar="N",
-        help=f"login attempts from one address in any 60 s (R9.5; default {LIMITS.max_logins_per_minute})",
-    )
-    parser.add_argument(
-        "--max-bytes-per-s", type=_count(1), default=LIMITS.max_bytes_per_s, metavar="N",
-        help=f"bytes a session may send per second (R9.4; default {LIMITS.max_bytes_per_s})",
-    )
-    parser.add_argument(
-        "--max-burst-bytes", type=_count(1), default=LIMITS.max_burst_bytes, metavar="N",
-        help=f"bytes a session may send at once above that rate (R9.4; default {LIMITS.max_burst_bytes})",
-    )
+    for field, rule, what in _SERVER_BOUNDS:
+        parser.add_argument(
+            "--" + field.replace("_", "-"), type=_count(1), default=getattr(LIMITS, field), metavar="N",
+            help=f"{what} ({rule}; default {getattr(LIMITS, field):,})",
+        )
     parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate (chain)")
     parser.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
     parser.add_argument(
@@ -250,23 +246,37 @@ def _add_server(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=cmd_server)
 
 
+# The server's bounds an operator may change: (Limits field, rule, what it bounds). The option
+# is the field's name with dashes; its default is the spec's.
+_SERVER_BOUNDS = (
+    ("max_per_address", "R1.5", "connections open at once from one address"),
+    ("max_logins_per_minute", "R9.5", "login attempts from one address in any 60 s"),
+    ("max_bytes_per_s", "R9.4", "bytes a session may send per second"),
+    ("max_burst_bytes", "R9.4", "bytes a session may send at once above that rate"),
+    ("max_inbox_messages", "R7.14", "messages kept for one recipient until acknowledged"),
+    ("max_inbox_bytes", "R7.14", "bytes of text kept for one recipient until acknowledged"),
+    ("deliver_window", "R7.12", "unacknowledged DELIVERs per version-2 session"),
+)
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     """``dfachat server [--host] [--port] [--db] [--demo] [--max-...] [--tls-cert --tls-key] [--log-...]``."""
     from dataclasses import replace
 
     from dfachat.server.app import ServerConfig
     from dfachat.server.run import bind_failure, configure_logging, run_server
-    from dfachat.spec import LIMITS
+    from dfachat.spec import LIMITS, MESSAGES_BY_NAME
 
     if (args.tls_cert is None) != (args.tls_key is None):
         print("dfachat: error: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
         return EXIT_ERROR
-    bounds = {
-        "max_per_address": args.max_per_address,
-        "max_logins_per_minute": args.max_logins_per_minute,
-        "max_bytes_per_s": args.max_bytes_per_s,
-        "max_burst_bytes": args.max_burst_bytes,
-    }
+    bounds = {field: getattr(args, field) for field, _, _ in _SERVER_BOUNDS}
+    announced = {sub.name: sub.sizeof() for sub in MESSAGES_BY_NAME["HELLO_OK"].layout.subcons if sub.name in bounds}
+    for field, size in announced.items():  # HELLO_OK carries it in a field of that size (R5.4)
+        if bounds[field] >= 1 << (8 * size):
+            print(f"dfachat: error: --{field.replace('_', '-')} {bounds[field]} does not fit HELLO_OK: give at most "
+                  f"{(1 << (8 * size)) - 1}", file=sys.stderr)
+            return EXIT_ERROR
     if args.max_burst_bytes < LIMITS.max_frame:
         print(f"dfachat: error: --max-burst-bytes {args.max_burst_bytes} is less than one frame: give at "
               f"least {LIMITS.max_frame}", file=sys.stderr)
@@ -393,7 +403,26 @@ def _add_client(commands: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print events and send results as JSON lines"
     )
     _add_tls_options(parser)
+    _add_protocol_option(parser)
     parser.set_defaults(handler=cmd_client)
+
+
+def _add_protocol_option(parser: argparse.ArgumentParser) -> None:
+    from dfachat.spec import SUPPORTED_VERSIONS
+
+    versions = ", ".join(map(str, SUPPORTED_VERSIONS))
+    parser.add_argument(
+        "--protocol-version", type=int, choices=SUPPORTED_VERSIONS, metavar="N",
+        help=f"offer only this protocol version (default: all this client speaks, {versions}; "
+        "the server picks the highest both speak)",
+    )
+
+
+def _versions(args: argparse.Namespace) -> tuple[int, ...]:
+    """The protocol versions a client offers: --protocol-version, or every supported one."""
+    from dfachat.spec import SUPPORTED_VERSIONS
+
+    return SUPPORTED_VERSIONS if args.protocol_version is None else (args.protocol_version,)
 
 
 def _add_tls_options(parser: argparse.ArgumentParser) -> None:
@@ -418,7 +447,8 @@ def _tls_context(args: argparse.Namespace) -> Any:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    """``dfachat client [--host] [--port] [--encoding] [--user] [--json] [--tls] [--ca FILE]``."""
+    """``dfachat client [--host] [--port] [--encoding] [--user] [--json] [--tls] [--ca FILE]
+    [--protocol-version N]``."""
     from dfachat.client.terminal import run_client
 
     try:
@@ -434,6 +464,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         password=os.environ.get("DFACHAT_PASSWORD"),
         json_lines=args.json,
         ssl=ssl,
+        versions=_versions(args),
     )
 
 
@@ -456,11 +487,12 @@ def _add_gui(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--user", default="", help="user name")
     _add_tls_options(parser)
+    _add_protocol_option(parser)
     parser.set_defaults(handler=cmd_gui)
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
-    """``dfachat gui [--host] [--port] [--encoding] [--user] [--tls] [--ca FILE]``."""
+    """``dfachat gui [--host] [--port] [--encoding] [--user] [--tls] [--ca FILE] [--protocol-version N]``."""
     try:
         ssl = _tls_context(args)
     except DfachatError as exc:
@@ -472,7 +504,8 @@ def cmd_gui(args: argparse.Namespace) -> int:
         print(f"dfachat: error: the window needs Tk, which this Python lacks ({exc}); "
               "on Debian install python3-tk", file=sys.stderr)
         return EXIT_ERROR
-    return run(host=args.host, port=args.port, encoding=args.encoding, user=args.user, ssl=ssl)
+    return run(host=args.host, port=args.port, encoding=args.encoding, user=args.user, ssl=ssl,
+               versions=_versions(args))
 
 
 # --- dfachat cert -------------------------------------------------------------------
@@ -545,6 +578,8 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
         ("--malformed", "B", "MSG/LIST frames each client sends broken, which the server must reject"),
         ("--login-attempts", "N", "the server's failed-login limit"),
         ("--page-size", "K", "names per AUTH_OK/USERS frame (0: clients - 1)"),
+        ("--crashes", "C", "client crashes each (version 2, or version 1 to show its loss): unacknowledged state lost"),
+        ("--deliver-window", "W", "the server's DELIVER window in version 2 (R7.12)"),
     ):
         model.add_argument(option, type=int, metavar=metavar, help=text)
     model.add_argument(
@@ -552,6 +587,10 @@ def _add_check(commands: argparse._SubParsersAction) -> None:
         help="interchangeable clients: one encoding, each may log in to any account",
     )
     model.add_argument("--wire", action="store_true", help="channels carry encoded frames (the real codec)")
+    model.add_argument(
+        "--protocol-version", type=int, choices=_supported_versions(), default=1, metavar="V",
+        help="the protocol version the clients offer (R5.2; default 1; 2 checks acknowledged delivery)",
+    )
     search = parser.add_argument_group("the search")
     search.add_argument("--strategy", choices=("bfs", "dfs", "random"), default="bfs", help="default bfs")
     search.add_argument("--depth", type=int, metavar="D", help="explore at most D steps deep")
@@ -634,11 +673,17 @@ def _add_diagram(commands: argparse._SubParsersAction) -> None:
         help="write to FILE instead of stdout; with --role both, FILE gets -server and "
         "-client before its suffix",
     )
+    parser.add_argument(
+        "--protocol-version", type=int, metavar="N",
+        help="draw protocol version N's state machines or payloads (default: the newest, with "
+        "what later versions added marked (v2))",
+    )
     parser.set_defaults(handler=cmd_diagram)
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
-    """``dfachat diagram [--role R] [--format F] [-o FILE] | --sequence NAME | --list | --packets``."""
+    """``dfachat diagram [--role R] [--format F] [--protocol-version N] [-o FILE] | --sequence NAME
+    | --list | --packets``."""
     from pathlib import Path
 
     from dfachat.spec.diagrams import GraphvizMissing
@@ -701,14 +746,27 @@ def cmd_diagram(args: argparse.Namespace) -> int:
 
 def _drawings(args: argparse.Namespace, fmt: str) -> list[tuple[str | None, bytes]] | None:
     """(file name part, content) per drawing asked for; None after printing a usage error."""
+    from dfachat.spec import PROTOCOL_VERSION, SUPPORTED_VERSIONS
+
+    version = PROTOCOL_VERSION if args.protocol_version is None else args.protocol_version
+    if version not in SUPPORTED_VERSIONS:
+        print(f"dfachat: error: --protocol-version {version}: the protocol versions are "
+              f"{', '.join(map(str, SUPPORTED_VERSIONS))}", file=sys.stderr)
+        return None
     if args.packets:
         from dfachat.spec.diagrams import packet_diagrams_text, packets_svg
 
         if fmt not in ("text", "svg"):
             print(f"dfachat: error: --packets draws text or svg, not {fmt}", file=sys.stderr)
             return None
-        return [(None, (packet_diagrams_text() if fmt == "text" else packets_svg()).encode("utf-8"))]
+        drawn = packet_diagrams_text(version) if fmt == "text" else packets_svg(version)
+        return [(None, drawn.encode("utf-8"))]
     if args.sequence is not None:
+        if args.protocol_version is not None:
+            # a scenario runs the engines, which negotiate their version themselves (R5.2)
+            print("dfachat: error: --protocol-version draws state machines or --packets, not "
+                  "--sequence", file=sys.stderr)
+            return None
         from dfachat.conformance.scenarios import (
             SCENARIOS,
             run_scenario,
@@ -736,7 +794,7 @@ def _drawings(args: argparse.Namespace, fmt: str) -> list[tuple[str | None, byte
         return None
     roles = ("server", "client") if args.role == "both" else (args.role,)
     return [
-        (role if len(roles) > 1 else None, render_state_diagram(role, fmt)) for role in roles
+        (role if len(roles) > 1 else None, render_state_diagram(role, fmt, version)) for role in roles
     ]
 
 
@@ -804,6 +862,12 @@ def cmd_docs(args: argparse.Namespace) -> int:
 # --- dfachat fuzz ----------------------------------------------------------------------
 
 
+def _supported_versions() -> tuple[int, ...]:
+    from dfachat.spec import SUPPORTED_VERSIONS
+
+    return SUPPORTED_VERSIONS
+
+
 def _add_fuzz_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--account", action="append", metavar="NAME:PASSWORD",
@@ -857,6 +921,10 @@ def _add_fuzz(commands: argparse._SubParsersAction) -> None:
         "engine and a reference model, shrink each failure and save it as a case file.",
     )
     server.add_argument("address", metavar="HOST:PORT", help="where the server listens")
+    server.add_argument(
+        "--protocol-version", type=int, choices=_supported_versions(), default=1, metavar="V",
+        help="the protocol version the fuzzer's sessions offer (R5.2; default 1: the one the fuzzer judges)",
+    )
     _add_fuzz_target_options(server)
     _add_fuzz_run_options(
         server, max_examples=1000,
@@ -958,6 +1026,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "dfachat diagram --format mermaid",
         "dfachat diagram --sequence offline --format text",
         "dfachat diagram --packets",
+        "dfachat diagram --role client --protocol-version 1   # version 1's machine alone",
     ),
     "docs": ("dfachat docs --check", "dfachat docs --dir docs"),
     "fuzz": (

@@ -129,6 +129,15 @@ class SyncChat:
             self._thread.stop()
 
 
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The clients' state directory (the files of the messages taken) is the test's own,
+    for this process and the clients it starts."""
+    home = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def chat_server(tmp_path: Path) -> Iterator[RunningServer]:
     """A running server with the demo accounts (Liz/pw1, Steve/pw2, Bailey/pw3)."""

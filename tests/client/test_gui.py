@@ -14,6 +14,7 @@ It is saved under the test's tmp dir and copied to ``$DFACHAT_ARTIFACTS`` when s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
@@ -22,6 +23,7 @@ import select
 import shutil
 import socket
 import ssl
+import stat
 import struct
 import subprocess
 import threading
@@ -44,12 +46,12 @@ except ImportError:  # Python without Tk
 
 from dfachat.client import Delivery, Left
 from dfachat.client.gui import ChatApp, describe_result, sentence
-from dfachat.client.library import SendResult
+from dfachat.client.library import SendResult, taken_path_for
 from dfachat.client.threaded import ChatThread
 from dfachat.codec import encode
 from dfachat.codec.messages import ERROR, HELLO
 from dfachat.errors import ConnectionFailed
-from dfachat.spec import ErrorCode, ErrorFlags, LeftReason, Outcome
+from dfachat.spec import SUPPORTED_VERSIONS, ErrorCode, ErrorFlags, LeftReason, Outcome
 
 TIMEOUT = 5.0
 
@@ -272,6 +274,8 @@ def test_results_and_errors_read_as_sentences() -> None:
         "Delivered to 3 people; 1 of them got '?' for characters their encoding cannot show."
     )
     assert describe_result(SendResult(1, 1, 0, 0)) == "Nobody else is online, so nobody got it."
+    over = SendResult(1, 1, 1, 0, {"Steve": Outcome.DELIVERED, "Bailey": Outcome.OVER_QUOTA})
+    assert describe_result(over) == "Delivered to Steve; Bailey's inbox is full; not delivered."
     assert sentence(ConnectionFailed("cannot reach it: Connection refused")) == "Cannot reach it: Connection refused."
     assert sentence(RuntimeError("boom")) == "Something went wrong: boom."
 
@@ -434,6 +438,80 @@ def test_chat_through_the_window(
         root.winfo_exists()  # the root is gone: mainloop would have ended
 
 
+class SlowLogin(ChatThread):
+    """A ChatThread whose login result waits for ``release``: whatever the server sends with the
+    login (the stored messages) reaches the Tk thread first, as it may on any machine."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
+
+    async def _login(self, *args: Any) -> Any:
+        me = await super()._login(*args)
+        await asyncio.get_running_loop().run_in_executor(None, self.release.wait, TIMEOUT)
+        return me
+
+
+def test_messages_that_arrive_during_login_are_shown_then_acknowledged(
+    root: tk.Tk, chat_server: Any, chat_user: Any, state_home: Path
+) -> None:
+    """Issue 14: 5 of 5 stored messages were lost when they came while the login finished."""
+    steve = chat_user("Steve")
+    texts = [f"while you were away {i}" for i in range(5)]
+    last = [steve.send(text, to=["Liz"]) for text in texts][-1].server_msg_id
+    threads: list[SlowLogin] = []
+
+    def factory(on_event: Any) -> ChatThread:
+        threads.append(SlowLogin(on_event, timeout=TIMEOUT))
+        return threads[-1]
+
+    app = ChatApp(root, chat_thread_factory=factory, host=chat_server.host, port=chat_server.port,
+                  on_close=lambda: None)
+    assert app.dialog is not None
+    app.dialog.user_var.set("Liz")
+    app.dialog.password_var.set("pw1")
+    app.dialog.login_button.invoke()
+    def arrived() -> bool:
+        chat = threads[0]._chat if threads else None
+        return chat is not None and len(chat.session.unacknowledged) == 5
+
+    pump(root, arrived, "the stored messages to arrive with the login")
+    until = time.monotonic() + 0.25
+    while time.monotonic() < until:  # the Tk thread takes what the worker posted, login unfinished
+        root.update()
+        time.sleep(0.005)
+    taken = taken_path_for(chat_server.host, chat_server.port, "Liz")
+    assert app.state == "connecting" and app.window is None
+    assert not taken.exists()  # not shown, so not acknowledged
+    threads[0].release.set()
+    pump(root, lambda: app.state == "chat", "the login to finish")
+    window = app.window
+    assert window is not None
+    pump(root, lambda: texts[-1] in window.log_text(), "the stored messages in the log")
+    log = window.log_text()
+    assert [log.count(text) for text in texts] == [1] * 5
+    assert [log.index(text) for text in texts] == sorted(log.index(text) for text in texts)
+    assert "(kept for you while you were offline)" in log
+    # Shown, so taken: the highest id is on disk, private to the user (R7.11).
+    pump(root, lambda: taken.exists() and taken.read_text() == f"{last}\n", "the taken file")
+    assert stat.S_IMODE(taken.stat().st_mode) == 0o600
+    assert stat.S_IMODE(taken.parent.stat().st_mode) == 0o700
+    assert taken.is_relative_to(state_home)
+
+    # The window goes without QUIT; the next one, on the same account, shows none of them again.
+    app.chat.close()
+    app._finish()
+    window.destroy()
+    app.menubar.destroy()
+    second = make_app(root, chat_server)
+    log_in(root, second, "Liz", "pw1")
+    steve.send("and now", to=["Liz"])
+    pump(root, lambda: "and now" in second.window.log_text(), "a new message")
+    assert not any(text in second.window.log_text() for text in texts)
+    second.quit()
+    pump(root, lambda: second.state == "closed", "the app to close")
+
+
 def test_disconnects_are_sentences_and_the_close_button_quits(
     root: tk.Tk, chat_server: Any, chat_user: Any
 ) -> None:
@@ -493,7 +571,13 @@ def test_the_command_prefills_the_dialog(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(gui, "run", lambda **options: seen.update(options) or 0)
     argv = ["gui", "--host", "chat.example", "--port", "4000", "--encoding", "cp1252", "--user", "Bailey"]
     assert cli.main(argv) == 0
-    assert seen == {"host": "chat.example", "port": 4000, "encoding": "cp1252", "user": "Bailey", "ssl": None}
+    assert seen == {
+        "host": "chat.example", "port": 4000, "encoding": "cp1252", "user": "Bailey", "ssl": None,
+        "versions": SUPPORTED_VERSIONS,
+    }
+    assert cli.main([*argv, "--protocol-version", "1"]) == 0  # offer version 1 only
+    assert seen["versions"] == (1,)
+    assert cli.main(["gui", "--protocol-version", "3"]) == 2  # not a version this client speaks
     assert cli.main(["gui", "--encoding", "ebcdic"]) == 2  # not one of the spec's encodings
     # --tls: a context that checks the server's certificate and host name.
     assert cli.main(["gui", "--tls"]) == 0

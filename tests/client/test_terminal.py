@@ -25,7 +25,16 @@ from typing import Any
 import pexpect
 import pytest
 
-from dfachat.client import Closed, Delivery, Joined, Left, Notice, SendResult
+from dfachat.client import (
+    Closed,
+    Delivery,
+    Joined,
+    Left,
+    Notice,
+    SendResult,
+    TakenRecord,
+    taken_path_for,
+)
 from dfachat.client.terminal import (
     Help,
     Invalid,
@@ -41,7 +50,7 @@ from dfachat.client.terminal import (
     result_json,
 )
 from dfachat.errors import SessionEnded
-from dfachat.spec import ErrorCode, LeftReason, Outcome
+from dfachat.spec import SUPPORTED_VERSIONS, ErrorCode, LeftReason, Outcome
 
 TIMEOUT = 10.0
 NOW = datetime(2025, 3, 14, 9, 26, tzinfo=UTC)
@@ -162,7 +171,9 @@ def test_event_json() -> None:
         "directed": True,
         "lossy": False,
         "stored": False,
+        "redelivered": False,
     }
+    assert event_json(delivery(stored=True, redelivered=True))["redelivered"] is True
     assert event_json(Left("Bailey", LeftReason.DROPPED)) == {
         "type": "left",
         "name": "Bailey",
@@ -191,6 +202,7 @@ def result(delivered: int = 1, lossy: int = 0, **outcomes: Outcome) -> SendResul
         (result(1, 1, Steve=Outcome.LOSSY), "! Steve got it with some characters shown as '?'"),
         (result(0), "! nobody else is online, so nobody got it"),
         (result(3, 2), "! 2 people got it with some characters shown as '?'"),
+        (result(1, Steve=Outcome.DELIVERED, Bailey=Outcome.OVER_QUOTA), "! Bailey's inbox is full; not delivered"),
     ],
 )
 def test_format_result(ack: SendResult, line: str | None) -> None:
@@ -389,6 +401,61 @@ def test_piped_interrupt_quits(chat_user: Any, piped: Any) -> None:
     liz.expect("you left the chat")
     assert liz.finish()[0] == 130
     assert left(steve, "Liz").reason == LeftReason.QUIT
+
+
+def test_piped_json_killed_and_restarted_prints_nothing_twice(
+    chat_server: Any, chat_user: Any, piped: Any, state_home: Any
+) -> None:
+    """A message is taken once its line is written and flushed; a SIGKILL and a restart print
+    the messages that came while away once, and none of them again."""
+    steve = chat_user("Steve")
+    texts = [f"while away {i}" for i in range(5)]
+    ids = [steve.send(text, to=["Liz"]).server_msg_id for text in texts]
+    last = ids[-1]
+    taken = taken_path_for(chat_server.host, chat_server.port, "Liz")
+    assert taken.is_relative_to(state_home)
+    # An earlier run printed the first three and was killed before it acknowledged them.
+    TakenRecord(taken).take(ids[2])
+    liz = piped("--json")
+    shown = [json.loads(liz.expect(text)) for text in texts[3:]]
+    assert [(m["text"], m["stored"]) for m in shown] == [(t, True) for t in texts[3:]]
+    assert not any(text in line for line in liz.lines for text in texts[:3]), liz.lines
+    deadline = time.monotonic() + TIMEOUT
+    while not (taken.exists() and taken.read_text() == f"{last}\n"):  # printed, flushed, then taken
+        assert time.monotonic() < deadline, "the last message printed was never recorded as taken"
+        time.sleep(0.01)
+    liz.proc.send_signal(signal.SIGKILL)  # whether its DELIVER_ACK went out or not
+    liz.proc.wait(TIMEOUT)
+
+    again = piped("--json")
+    steve.send("back?", to=["Liz"])
+    again.expect("back?")
+    assert not any(text in line for line in again.lines for text in texts), again.lines
+    status, stderr = again.finish()
+    assert (status, stderr) == (0, "")
+
+
+def test_piped_protocol_version_1(chat_server: Any, chat_user: Any, piped: Any, monkeypatch: Any) -> None:
+    from dfachat import cli
+    from dfachat.client import terminal
+
+    seen: dict[str, Any] = {}
+    with monkeypatch.context() as patch:
+        patch.setattr(terminal, "run_client", lambda **options: seen.update(options) or 0)
+        assert cli.main(["client", "--host", "h", "--user", "Liz", "--protocol-version", "1"]) == 0
+        assert seen["versions"] == (1,)
+        assert cli.main(["client", "--host", "h", "--user", "Liz"]) == 0
+        assert seen["versions"] == SUPPORTED_VERSIONS
+        assert cli.main(["client", "--protocol-version", "0"]) == 2
+
+    steve = chat_user("Steve")
+    liz = piped("--json", "--protocol-version", "1")
+    liz.write("/to Steve over version 1\n")
+    assert json.loads(liz.expect('"sent"'))["outcomes"] == {"Steve": "delivered"}
+    steve.wait_for(is_message("over version 1", directed=True))
+    steve.send("and back", to=["Liz"])
+    assert json.loads(liz.expect("and back"))["redelivered"] is False
+    assert liz.finish() == (0, "")
 
 
 def closed_port() -> int:

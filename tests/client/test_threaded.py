@@ -124,3 +124,24 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_versions_and_explicit_acknowledgement(clients: Any, chat_user: Any) -> None:
+    """``auto_ack=False``: a message is acknowledged when the application says so, and the
+    acknowledgement covers every message before it (R7.10); version 1 on request."""
+    old = clients()
+    old.chat.versions = (1,)
+    assert old.login("Bailey").version == 1
+    liz = clients()
+    liz.chat.auto_ack = False
+    assert liz.login("Liz").version == 2
+    steve = chat_user("Steve")
+    for text in ("one", "two", "three"):
+        steve.send(text, to=["Liz"])
+    got = [liz.next_of(Delivery) for _ in range(3)]
+    assert [d.text for d in got] == ["one", "two", "three"]
+    liz.chat.acknowledge(got[1]).result(TIMEOUT)  # "one" and "two" taken, "three" not
+    liz.chat.close()  # no QUIT: what was written goes out, then the connection drops
+    again = chat_user("Liz")
+    later = again.wait_for(lambda e: isinstance(e, Delivery))
+    assert (later.text, later.redelivered) == ("three", True)

@@ -13,6 +13,7 @@ import os
 from dfachat.conformance.strategies import (
     ENCODING_NAMES,
     INTERESTING,
+    VERSIONS,
     alphabet,
     any_message,
     codec_of,
@@ -27,12 +28,14 @@ from dfachat.conformance.strategies import (
     messages_and_encodings,
     text_strategy,
     unencodable_char,
+    versions,
     widest_char,
 )
 
 __all__ = [
     "ENCODING_NAMES",
     "INTERESTING",
+    "VERSIONS",
     "alphabet",
     "any_message",
     "codec_of",
@@ -48,6 +51,7 @@ __all__ = [
     "messages_and_encodings",
     "text_strategy",
     "unencodable_char",
+    "versions",
     "widest_char",
 ]
 

@@ -1,16 +1,19 @@
-"""The generated codec and the construct oracle agree, on good input and on bad.
+"""The generated codec and the construct oracle agree, on good input and on bad, in every
+protocol version.
 
-Decoding: valid frames are mutated (bits flipped, truncated, extended, length,
-type, version or magic changed, payload spliced with the checksum fixed up so
-the payload checks run rather than R2.5 every time) and random bytes are put
-behind valid headers. Both decoders must return equal messages, or raise the
+Decoding: valid frames of every version are mutated (bits flipped, truncated,
+extended, length, type, version or magic changed, payload spliced with the
+checksum fixed up so the payload checks run rather than R2.5 every time) and
+random bytes are put behind valid headers of every version. Both decoders,
+told the same versions to accept, must return equal messages, or raise the
 same error class with the same rule and ``message_type``.
 
 Encoding: a valid message with one field made invalid (bad characters, too
 long, too many or duplicate items, unencodable text, out-of-range integers,
 reserved flag bits, unknown enum values, wrong Python types) must make both
 encoders raise the same error class with the same rule -- the one the spec
-declares for that field.
+declares for that field, in the version the frame is of (a version-1 frame has no
+OVER_QUOTA, REDELIVERED or STORE_FAILED: R4.6, R4.7).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from dfachat.errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
-from dfachat.spec import ERROR_INFO, MESSAGES, MESSAGES_BY_NAME, ErrorCode
+from dfachat.spec import ERROR_INFO, MESSAGES, MESSAGES_BY_NAME, SUPPORTED_VERSIONS, ErrorCode
 from dfachat.spec.types import Code, Flags, Ident, List, Text, unwrap
 
 from .strategies import (
@@ -50,8 +53,10 @@ from .strategies import (
     int_bounds,
     message_strategy,
     unencodable_char,
+    versions,
 )
 from .wire import (
+    ALL_VERSIONS,
     MUTATIONS,
     HypothesisChooser,
     RandomChooser,
@@ -63,10 +68,25 @@ from .wire import (
 FIELD_INVALID_RULE = ERROR_INFO[ErrorCode.FIELD_INVALID].rule  # R4.10: a field with no rule of its own
 
 
-def assert_agree(data: bytes, encoding: str) -> tuple[Any, ...]:
-    ours, theirs = both_outcomes(data, encoding)
-    assert ours == theirs, f"generated {ours!r} != oracle {theirs!r} on {data!r} ({encoding})"
+def assert_agree(data: bytes, encoding: str, accept: frozenset[int] = ALL_VERSIONS) -> tuple[Any, ...]:
+    ours, theirs = both_outcomes(data, encoding, accept)
+    assert ours == theirs, f"generated {ours!r} != oracle {theirs!r} on {data!r} ({encoding}, {sorted(accept)})"
     return ours
+
+
+# The versions a decoder may be told to accept: all (decode_frame's default), or one
+# (a FrameDecoder's before and after the handshake, R5.2).
+ACCEPTS = [ALL_VERSIONS, *(frozenset({v}) for v in SUPPORTED_VERSIONS)]
+accepts = st.sampled_from(ACCEPTS)
+
+
+def versions_of(spec: Any) -> list[int]:
+    return [v for v in SUPPORTED_VERSIONS if spec.in_version(v)]
+
+
+def spec_versions(specs: Any) -> list[Any]:
+    """(spec, version) params for every version each spec exists in."""
+    return [pytest.param(s, v, id=f"{s.name}-v{v}") for s in specs for v in versions_of(s)]
 
 
 def describe(result: tuple[Any, ...]) -> str:
@@ -77,22 +97,39 @@ def describe(result: tuple[Any, ...]) -> str:
 
 
 @st.composite
-def mutated_frames(draw: Any) -> tuple[bytes, str, str]:
+def mutated_frames(draw: Any) -> tuple[bytes, str, str, frozenset[int]]:
     encoding = draw(encodings, label="encoding")
-    message = draw(any_message(encoding), label="message")
+    version = draw(versions, label="version")
+    message = draw(any_message(encoding, version), label="message")
     mutation = draw(st.sampled_from(MUTATIONS), label="mutation")
-    data = mutation.apply(HypothesisChooser(draw), encode(message, encoding))
+    data = mutation.apply(HypothesisChooser(draw), encode(message, encoding, version))
     # mostly the frame's own encoding; sometimes another one (INVALID_TEXT on valid frames)
     decode_as = draw(st.one_of(st.just(encoding), st.just(encoding), encodings), label="decode as")
-    return data, decode_as, mutation.name
+    return data, decode_as, mutation.name, draw(accepts, label="accept")
 
 
 @settings(max_examples=examples(600))
 @given(mutated_frames())
 def test_mutated_frames(case) -> None:
-    data, encoding, mutation = case
-    result = assert_agree(data, encoding)
+    data, encoding, mutation, accept = case
+    result = assert_agree(data, encoding, accept)
     event(f"{mutation}: {describe(result)}")
+
+
+@settings(max_examples=examples(300))
+@given(data=st.data())
+def test_valid_frames_of_every_version_agree(data) -> None:
+    """Unmutated frames: a decoder accepting the frame's version returns the message, one that
+    does not raises UNSUPPORTED_VERSION (R2.2) -- both alike."""
+    encoding = data.draw(encodings, label="encoding")
+    version = data.draw(versions, label="version")
+    message = data.draw(any_message(encoding, version), label="message")
+    accept = data.draw(accepts, label="accept")
+    result = assert_agree(encode(message, encoding, version), encoding, accept)
+    if version in accept:
+        assert result == ("ok", message)
+    else:
+        assert result[:3] == ("error", UnsupportedVersion, "R2.2")
 
 
 @settings(max_examples=examples(300))
@@ -102,36 +139,41 @@ def test_mutated_frames(case) -> None:
     length_delta=st.sampled_from([0, 0, 0, -1, 1]),
     crc=st.sampled_from([True, True, True, False]),
     encoding=encodings,
+    version=versions,
+    accept=accepts,
 )
-def test_random_bytes_behind_a_valid_header(mtype, body, length_delta, crc, encoding) -> None:
+def test_random_bytes_behind_a_valid_header(mtype, body, length_delta, crc, encoding, version, accept) -> None:
     """Random payloads, mostly well framed and checksummed, so the payload checks run."""
-    data = frame(mtype, body, length=max(0, len(body) + length_delta), crc=crc)
-    result = assert_agree(data, encoding)
+    data = frame(mtype, body, length=max(0, len(body) + length_delta), crc=crc, version=version)
+    result = assert_agree(data, encoding, accept)
     event(describe(result))
 
 
 @settings(max_examples=examples(200))
-@given(data=st.binary(max_size=40), encoding=encodings)
-def test_arbitrary_bytes(data, encoding) -> None:
-    assert_agree(data, encoding)
+@given(data=st.binary(max_size=40), encoding=encodings, accept=accepts)
+def test_arbitrary_bytes(data, encoding, accept) -> None:
+    assert_agree(data, encoding, accept)
 
 
 @settings(max_examples=examples(200))
-@given(data=st.binary(max_size=40), mtype=st.integers(0, 255), encoding=encodings)
-def test_arbitrary_bytes_after_a_header(data, mtype, encoding) -> None:
+@given(data=st.binary(max_size=40), mtype=st.integers(0, 255), encoding=encodings, version=versions,
+       accept=accepts)
+def test_arbitrary_bytes_after_a_header(data, mtype, encoding, version, accept) -> None:
     """A valid header with a random length word, then arbitrary bytes (mostly wrong length/CRC)."""
-    assert_agree(header(mtype, len(data)) + data, encoding)
+    assert_agree(header(mtype, len(data), version=version) + data, encoding, accept)
 
 
 def _corpus() -> list[tuple[bytes, str]]:
-    """Small deterministic frames of every type in every encoding."""
+    """Small deterministic frames of every type in every encoding, in every version it exists in."""
     out = []
     for spec in MESSAGES:
-        for encoding in ENCODING_NAMES:
-            for largest in (False, True):
-                data = encode(extreme_message(spec, encoding, largest=largest), encoding)
-                if len(data) < 600:
-                    out.append((data, encoding))
+        for version in versions_of(spec):
+            for encoding in ENCODING_NAMES:
+                for largest in (False, True):
+                    message = extreme_message(spec, encoding, largest=largest, version=version)
+                    data = encode(message, encoding, version)
+                    if len(data) < 600:
+                        out.append((data, encoding))
     return out
 
 
@@ -193,7 +235,7 @@ def bad_values(sub: Any, current: Any, encoding: str) -> list[Bad]:
         return out
     if isinstance(con, Code):
         lo, hi = int_bounds(con.subcon)
-        values = {int(m) for m in con.enum}
+        values = {int(m) for m in con.members}  # the version's: later members are unknown (R4.6)
         unknown = [v for v in (max(values) + 1, hi, lo - 1, hi + 1, 2**64) if v not in values]
         return [Bad(f"unknown {con.enum.__name__} {v}", v, (FieldInvalid, con.rule)) for v in unknown] + [
             Bad(f"{con.enum.__name__} of type {type(v).__name__}", v, (FieldInvalid, con.rule))
@@ -237,9 +279,9 @@ def bad_values(sub: Any, current: Any, encoding: str) -> list[Bad]:
     raise TypeError(f"no invalid values for {con!r}")
 
 
-def outcome_of_encode(encoder: Any, message: Any, encoding: str) -> tuple[Any, ...]:
+def outcome_of_encode(encoder: Any, message: Any, encoding: str, version: int = 1) -> tuple[Any, ...]:
     try:
-        return ("ok", encoder(message, encoding))
+        return ("ok", encoder(message, encoding, version))
     except FrameError as err:
         return ("error", type(err), err.rule)
 
@@ -247,34 +289,58 @@ def outcome_of_encode(encoder: Any, message: Any, encoding: str) -> tuple[Any, .
 specs_with_fields = [s for s in MESSAGES if s.layout.subcons]
 
 
-@pytest.mark.parametrize("spec", specs_with_fields, ids=lambda s: s.name)
+@pytest.mark.parametrize(("spec", "version"), spec_versions(specs_with_fields))
 @settings(max_examples=examples(8))
 @given(data=st.data())
-def test_invalid_fields_rejected_alike(spec, data) -> None:
+def test_invalid_fields_rejected_alike(spec, version, data) -> None:
+    """Every field of the version's layout, broken one at a time; the bad values are the
+    version's (OVER_QUOTA is an unknown Outcome in a version-1 frame, REDELIVERED a reserved bit)."""
     encoding = data.draw(encodings, label="encoding")
-    message = data.draw(message_strategy(spec, encoding), label="message")
+    message = data.draw(message_strategy(spec, encoding, version), label="message")
     checked = 0
-    for sub in spec.layout.subcons:
+    for sub in spec.layout_for(version).subcons:
         for bad in bad_values(sub, getattr(message, sub.name), encoding):
             broken = message.replace(**{sub.name: bad.value})
-            ours = outcome_of_encode(encode, broken, encoding)
-            theirs = outcome_of_encode(oracle.encode, broken, encoding)
-            where = f"{spec.name}.{sub.name}: {bad.label}"
+            ours = outcome_of_encode(encode, broken, encoding, version)
+            theirs = outcome_of_encode(oracle.encode, broken, encoding, version)
+            where = f"{spec.name}.{sub.name} (v{version}): {bad.label}"
             assert ours == theirs, f"{where}: generated {ours[:3]!r} != oracle {theirs[:3]!r}"
             assert ours == ("error", *bad.expect), f"{where}: {ours[:3]!r}, spec says {bad.expect!r}"
             checked += 1
     assert checked
 
 
-@pytest.mark.parametrize("spec", [s for s in MESSAGES if not s.layout.subcons], ids=lambda s: s.name)
-def test_empty_messages_encode_alike(spec) -> None:
-    message = extreme_message(spec, "utf-8", largest=False)
-    assert encode(message) == oracle.encode(message)
+@pytest.mark.parametrize(("spec", "version"), spec_versions(s for s in MESSAGES if not s.layout.subcons))
+def test_empty_messages_encode_alike(spec, version) -> None:
+    message = extreme_message(spec, "utf-8", largest=False, version=version)
+    assert encode(message, "utf-8", version) == oracle.encode(message, "utf-8", version)
 
 
 def test_encode_rejects_what_is_not_a_message() -> None:
     with pytest.raises(TypeError):
         encode(("not", "a", "message"))  # type: ignore[arg-type]
+    for version in (*SUPPORTED_VERSIONS, max(SUPPORTED_VERSIONS) + 1):
+        with pytest.raises(TypeError):
+            encode(("not", "a", "message"), "utf-8", version)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", [0, *SUPPORTED_VERSIONS, max(SUPPORTED_VERSIONS) + 1, 255])
+@pytest.mark.parametrize("spec", MESSAGES, ids=lambda s: s.name)
+def test_a_type_the_version_lacks_is_not_encoded_alike(spec, version) -> None:
+    """A message has no frame in a version without its type (DELIVER_ACK in version 1, anything in
+    an unsupported one): both encoders raise UnknownMessageType (R2.3) naming the type."""
+    known = version in SUPPORTED_VERSIONS and spec.in_version(version)
+    message = extreme_message(spec, "utf-8", largest=False, version=max(versions_of(spec)))
+    results = []
+    for encoder in (encode, oracle.encode):
+        if known:
+            results.append(encoder(message, "utf-8", version))
+            continue
+        with pytest.raises(UnknownMessageType) as info:
+            encoder(message, "utf-8", version)
+        assert (info.value.rule, info.value.message_type) == ("R2.3", spec.code)
+        results.append(None)
+    assert results[0] == results[1]
 
 
 # --- known gaps -------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 Each case runs through the generated ``decode_frame``, the oracle's, and a
 ``FrameDecoder`` (the streaming path), which must all report the same.
 Payloads are built from the layouts' own constructs (the raw, unchecked
-sub-constructs for invalid values), so the cases follow the spec.
+sub-constructs for invalid values), so the cases follow the spec. The
+payload cases run in every protocol version, with that version's layout: a
+version-1 frame has no DELIVER_ACK (R2.3), no OVER_QUOTA or STORE_FAILED
+(R4.6) and no REDELIVERED (R4.7).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dfachat.spec import (
     SUPPORTED_VERSIONS,
     ErrorCode,
 )
+from dfachat.spec.codes import SINCE
 from dfachat.spec.types import Code, Flags, Ident, List, Text, unwrap
 
 from .strategies import (
@@ -53,8 +57,10 @@ from .strategies import (
     extreme_value,
     field_strategy,
     ident_at,
+    versions,
 )
 from .wire import (
+    ALL_VERSIONS,
     CRC_SIZE,
     HEADER_SIZE,
     MAX_PAYLOAD,
@@ -62,6 +68,7 @@ from .wire import (
     HypothesisChooser,
     frame,
     header,
+    header_field,
     undefined_types,
 )
 
@@ -88,27 +95,32 @@ def field_bytes(sub: Any, value: Any, encoding: str = "utf-8") -> bytes:
 
 
 def payload_with(spec: Any, encoding: str = "utf-8", raw: dict[str, bytes] | None = None,
-                 stop_after: str | None = None) -> bytes:
-    """The smallest valid payload of ``spec``, some fields replaced by raw wire bytes,
-    cut after the field ``stop_after`` if given."""
-    message = extreme_message(spec, encoding, largest=False)
+                 stop_after: str | None = None, version: int = 1) -> bytes:
+    """The smallest valid payload of ``spec`` in ``version``, some fields replaced by raw wire
+    bytes, cut after the field ``stop_after`` if given."""
+    message = extreme_message(spec, encoding, largest=False, version=version)
     raw = raw or {}
     parts = []
-    for sub in spec.layout.subcons:
+    for sub in spec.layout_for(version).subcons:
         parts.append(raw[sub.name] if sub.name in raw else field_bytes(sub, getattr(message, sub.name), encoding))
         if sub.name == stop_after:
             break
     return b"".join(parts)
 
 
-def decoders_say(data: bytes, encoding: str, *, stream: bool = True) -> Iterator[tuple[str, FrameError]]:
-    """The error each decoder raises for ``data`` (fails if one does not raise)."""
+def decoders_say(data: bytes, encoding: str, *, stream: bool = True,
+                 accept: frozenset[int] | None = None) -> Iterator[tuple[str, FrameError]]:
+    """The error each decoder raises for ``data`` (fails if one does not raise). The decoders
+    accept the versions ``accept``; by default the frame's own (any supported one when no
+    header is there to say)."""
+    if accept is None:
+        accept = frozenset({header_field(data, "version")}) if len(data) >= HEADER_SIZE else ALL_VERSIONS
     for name, decode in (("generated", decode_frame), ("oracle", oracle.decode_frame)):
         with pytest.raises(FrameError) as info:
-            decode(data, encoding)
+            decode(data, encoding, versions=accept)
         yield name, info.value
     if stream:
-        decoder = FrameDecoder(encoding)
+        decoder = FrameDecoder(encoding, versions=accept)
         decoder.feed(data)
         with pytest.raises(FrameError) as info:
             if decoder.next_message() is None:
@@ -117,8 +129,8 @@ def decoders_say(data: bytes, encoding: str, *, stream: bool = True) -> Iterator
 
 
 def assert_error(data: bytes, encoding: str, cls: type[FrameError], rule: str, *, fatal: bool,
-                 message_type: int | None, stream: bool = True) -> None:
-    for who, err in decoders_say(data, encoding, stream=stream):
+                 message_type: int | None, stream: bool = True, accept: frozenset[int] | None = None) -> None:
+    for who, err in decoders_say(data, encoding, stream=stream, accept=accept):
         got = (type(err), err.rule, err.fatal, err.message_type)
         assert got == (cls, rule, fatal, message_type), f"{who}: {got} for {data!r} ({encoding})"
         assert ErrorCode(err.code).name == err.code_name
@@ -143,7 +155,8 @@ def test_error_classes_match_the_spec_table(cls) -> None:
 @given(data=st.data())
 def test_every_raised_error_has_a_known_code_and_rule(data) -> None:
     encoding = data.draw(encodings)
-    raw = encode(data.draw(any_message(encoding)), encoding)
+    version = data.draw(versions)
+    raw = encode(data.draw(any_message(encoding, version)), encoding, version)
     raw = data.draw(st.sampled_from(MUTATIONS)).apply(HypothesisChooser(data.draw), raw)
     for decode in (decode_frame, oracle.decode_frame):
         try:
@@ -165,10 +178,30 @@ def test_bad_magic(magic) -> None:
                  fatal=True, message_type=None)
 
 
-@pytest.mark.parametrize("version", [v for v in (0, 2, 3, 0x7F, 0xFF) if v not in SUPPORTED_VERSIONS])
+UNSUPPORTED = [v for v in (0, 2, 3, 0x7F, 0xFF) if v not in SUPPORTED_VERSIONS]
+assert UNSUPPORTED, "no unsupported version left to test"
+
+
+@pytest.mark.parametrize("version", UNSUPPORTED)
 def test_unsupported_version(version) -> None:
-    assert_error(frame(PING.code, PING_PAYLOAD, version=version), "utf-8", UnsupportedVersion, "R2.2",
-                 fatal=True, message_type=PING.code)
+    """A version the spec does not define, whatever the decoder accepts (R2.2)."""
+    for accept in (ALL_VERSIONS, *(frozenset({v}) for v in SUPPORTED_VERSIONS)):
+        assert_error(frame(PING.code, PING_PAYLOAD, version=version), "utf-8", UnsupportedVersion, "R2.2",
+                     fatal=True, message_type=PING.code, accept=accept)
+
+
+@pytest.mark.parametrize("accept", SUPPORTED_VERSIONS, ids=lambda v: f"accept-v{v}")
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS, ids=lambda v: f"frame-v{v}")
+def test_a_supported_version_the_decoder_does_not_accept(version, accept) -> None:
+    """A session's decoder accepts one version at a time (version 1 until the handshake is done,
+    then the session's, R2.2, R5.2): a valid frame of another is UNSUPPORTED_VERSION, fatal."""
+    data = frame(PING.code, PING_PAYLOAD, version=version)
+    if version == accept:
+        for decode in (decode_frame, oracle.decode_frame):
+            assert PING.code == decode(data, versions=frozenset({accept})).TYPE
+        return
+    assert_error(data, "utf-8", UnsupportedVersion, "R2.2", fatal=True, message_type=PING.code,
+                 accept=frozenset({accept}))
 
 
 @pytest.mark.parametrize("length", [MAX_PAYLOAD + 1, MAX_PAYLOAD + 2, 2**31, 2**32 - 1])
@@ -189,9 +222,14 @@ def test_checksum_mismatch() -> None:
                  fatal=True, message_type=PING.code)
 
 
-@pytest.mark.parametrize("spec", MESSAGES, ids=lambda s: s.name)
-def test_checksum_covers_header_and_payload(spec) -> None:
-    data = encode(extreme_message(spec, "utf-8", largest=False))
+def _spec_versions(specs: Any) -> list[Any]:
+    """(spec, version) params for every version each spec exists in."""
+    return [pytest.param(s, v, id=f"{s.name}-v{v}") for s in specs for v in SUPPORTED_VERSIONS if s.in_version(v)]
+
+
+@pytest.mark.parametrize(("spec", "version"), _spec_versions(MESSAGES))
+def test_checksum_covers_header_and_payload(spec, version) -> None:
+    data = encode(extreme_message(spec, "utf-8", largest=False, version=version), "utf-8", version)
     # one flipped bit in the type byte, or in any payload byte, is caught by the checksum
     type_at = HEADER.subcons[0].sizeof() + HEADER.subcons[1].sizeof()
     for i in [type_at, *range(HEADER_SIZE, len(data) - CRC_SIZE)]:
@@ -218,39 +256,122 @@ def test_bytes_after_the_frame() -> None:
 # --- payload errors (the frame is skipped) --------------------------------------------
 
 
-@pytest.mark.parametrize("mtype", undefined_types(), ids=lambda t: f"0x{t:02X}")
-def test_unknown_type(mtype) -> None:
-    assert_error(frame(mtype, PING_PAYLOAD), "utf-8", UnknownMessageType, "R2.3", fatal=False,
-                 message_type=mtype)
+_UNKNOWN_TYPES = [
+    pytest.param(v, t, id=f"v{v}-0x{t:02X}") for v in SUPPORTED_VERSIONS for t in undefined_types(v)
+]
 
 
-@pytest.mark.parametrize("spec", MESSAGES, ids=lambda s: s.name)
-def test_trailing_bytes_inside_the_payload(spec) -> None:
-    payload = payload_with(spec) + b"\0"
-    assert_error(frame(spec.code, payload), "utf-8", MalformedPayload, "R2.7", fatal=False,
+@pytest.mark.parametrize(("version", "mtype"), _UNKNOWN_TYPES)
+def test_unknown_type(version, mtype) -> None:
+    assert_error(frame(mtype, PING_PAYLOAD, version=version), "utf-8", UnknownMessageType, "R2.3",
+                 fatal=False, message_type=mtype)
+
+
+_LATER_TYPES = [
+    pytest.param(s, v, id=f"{s.name}-v{v}") for s in MESSAGES for v in SUPPORTED_VERSIONS if not s.in_version(v)
+]
+
+
+@pytest.mark.parametrize(("spec", "version"), _LATER_TYPES)
+def test_a_type_of_a_later_version_is_unknown(spec, version) -> None:
+    """A frame of a version without the type (DELIVER_ACK in a version-1 frame), its payload one
+    the newer version accepts: UNKNOWN_TYPE (R2.3), the frame skipped -- and the same bytes in
+    a frame of the type's own version decode."""
+    payload = payload_with(spec, version=spec.since)
+    assert_error(frame(spec.code, payload, version=version), "utf-8", UnknownMessageType, "R2.3",
+                 fatal=False, message_type=spec.code)
+    good = frame(spec.code, payload, version=spec.since)
+    assert decode_frame(good) == oracle.decode_frame(good) == extreme_message(
+        spec, "utf-8", largest=False, version=spec.since
+    )
+
+
+@pytest.mark.parametrize(("spec", "version"), _spec_versions(MESSAGES))
+def test_trailing_bytes_inside_the_payload(spec, version) -> None:
+    payload = payload_with(spec, version=version) + b"\0"
+    assert_error(frame(spec.code, payload, version=version), "utf-8", MalformedPayload, "R2.7", fatal=False,
                  message_type=spec.code)
 
 
-@pytest.mark.parametrize("spec", [s for s in MESSAGES if s.layout.subcons], ids=lambda s: s.name)
-def test_payload_ending_inside_a_field(spec) -> None:
-    for size in range(len(payload_with(spec))):
-        assert_error(frame(spec.code, payload_with(spec)[:size]), "utf-8", MalformedPayload, "R2.6",
+@pytest.mark.parametrize(("spec", "version"), _spec_versions(s for s in MESSAGES if s.layout.subcons))
+def test_payload_ending_inside_a_field(spec, version) -> None:
+    full = payload_with(spec, version=version)
+    for size in range(len(full)):
+        assert_error(frame(spec.code, full[:size], version=version), "utf-8", MalformedPayload, "R2.6",
                      fatal=False, message_type=spec.code)
 
 
-def _list_fields() -> list[tuple[Any, Any]]:
-    return [(spec, sub) for spec in MESSAGES for sub in spec.layout.subcons if isinstance(unwrap(sub), List)]
+def _list_fields() -> list[tuple[Any, Any, int]]:
+    return [
+        pytest.param(spec, sub, v, id=f"{spec.name}-{sub.name}-v{v}")
+        for spec in MESSAGES
+        for v in SUPPORTED_VERSIONS
+        if spec.in_version(v)
+        for sub in spec.layout_for(v).subcons
+        if isinstance(unwrap(sub), List)
+    ]
 
 
-@pytest.mark.parametrize("spec,sub", _list_fields(), ids=lambda x: getattr(x, "name", None))
-def test_count_promising_more_items_than_the_payload_holds(spec, sub) -> None:
+@pytest.mark.parametrize(("spec", "sub", "version"), _list_fields())
+def test_count_promising_more_items_than_the_payload_holds(spec, sub, version) -> None:
     """The payload ends after the list's items; its count promises more (R2.6)."""
     con = unwrap(sub)
     items = [extreme_value(con.item, "utf-8", False, i) for i in range(max(1, con.min_items))]
     for promised in (len(items) + 1, len(items) + 2, (1 << 8 * con.count_field.sizeof()) - 1):
         raw = con.count_field.build(promised) + b"".join(field_bytes(con.item, i) for i in items)
-        assert_error(frame(spec.code, payload_with(spec, raw={sub.name: raw}, stop_after=sub.name)), "utf-8", MalformedPayload,
+        payload = payload_with(spec, raw={sub.name: raw}, stop_after=sub.name, version=version)
+        assert_error(frame(spec.code, payload, version=version), "utf-8", MalformedPayload,
                      "R2.6", fatal=False, message_type=spec.code)
+
+
+def _later_member_fields() -> list[Any]:
+    """(spec, field path, construct, member) for every field of a type whose enumeration or flags
+    gained a member after version 1 (codes.SINCE)."""
+    out = []
+    for spec in MESSAGES:
+        for sub in spec.layout.subcons:
+            con = unwrap(sub)
+            inner = [(None, con)]
+            if isinstance(con, List) and con.record is not None:
+                inner = [(f.name, unwrap(f)) for f in con.record.subcons]
+            for field, c in inner:
+                enum = c.enum if isinstance(c, Code) else c.flags if isinstance(c, Flags) else None
+                for (owner, name), since in SINCE.items():
+                    if owner is enum:
+                        where = f"{spec.name}.{sub.name}{'[].' + field if field else ''}"
+                        out.append(pytest.param(spec, sub.name, field, owner[name], since, id=f"{where}-{name}"))
+    return out
+
+
+@pytest.mark.parametrize(("spec", "name", "field", "member", "since"), _later_member_fields())
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS, ids=lambda v: f"v{v}")
+def test_a_member_of_a_later_version_on_the_wire(spec, name, field, member, since, version) -> None:
+    """OVER_QUOTA, STORE_FAILED, REDELIVERED in a frame of a version before theirs: FIELD_INVALID
+    with the field's rule (R4.6 for a value, R4.7 for a flag), the frame skipped; in a frame of
+    their version they decode."""
+    if not spec.in_version(version):
+        return
+    base = extreme_message(spec, "utf-8", largest=False, version=version)
+    if field is None:
+        message = base.replace(**{name: member})
+    else:
+        item = unwrap(next(s for s in spec.layout.subcons if s.name == name)).item
+        records = getattr(base, name) or (extreme_value(item, "utf-8", False, 0),)  # at least one
+        message = base.replace(**{name: tuple(r.replace(**{field: member}) for r in records)})
+    newest = spec.layout_for(max(SUPPORTED_VERSIONS))  # builds any member: the raw bytes of the value
+    payload = b"".join(
+        field_bytes(sub, getattr(message, sub.name)) for sub in newest.subcons
+        if any(s.name == sub.name for s in spec.layout_for(version).subcons)
+    )
+    data = frame(spec.code, payload, version=version)
+    if since <= version:
+        assert decode_frame(data) == oracle.decode_frame(data) == message
+        return
+    con = next(unwrap(s) for s in spec.layout_for(version).subcons if s.name == name)
+    if field is not None:
+        con = unwrap(next(f for f in con.record.subcons if f.name == field))
+    assert_error(data, "utf-8", FieldInvalid, con.rule, fatal=False, message_type=spec.code)
+    assert con.rule == ("R4.7" if isinstance(con, Flags) else "R4.6")
 
 
 # --- text (section 3) -------------------------------------------------------------------
@@ -396,7 +517,7 @@ def wire_bad_values(sub: Any, encoding: str) -> list[WireBad]:
         out += [WireBad(f"text {r.hex()}", con.subcon.build(r), InvalidText, "R3.4") for r in INVALID_TEXT[encoding][:1]]
         return out
     if isinstance(con, Code):
-        values = {int(m) for m in con.enum}
+        values = {int(m) for m in con.members}  # the version's members: later ones are unknown (R4.6)
         hi = (1 << 8 * con.subcon.sizeof()) - 1
         return [WireBad(f"{con.enum.__name__} {v}", con.subcon.build(v), FieldInvalid, con.rule)
                 for v in (max(values) + 1, hi) if v not in values]
@@ -436,15 +557,18 @@ def wire_bad_values(sub: Any, encoding: str) -> list[WireBad]:
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "cp1252"])
-@pytest.mark.parametrize("spec", [s for s in MESSAGES if s.layout.subcons], ids=lambda s: s.name)
-def test_invalid_fields_on_the_wire(spec, encoding) -> None:
-    """Every field broken on the wire, one at a time: FIELD_INVALID (or INVALID_TEXT) with the field's rule."""
+@pytest.mark.parametrize(("spec", "version"), _spec_versions(s for s in MESSAGES if s.layout.subcons))
+def test_invalid_fields_on_the_wire(spec, version, encoding) -> None:
+    """Every field of the version's layout broken on the wire, one at a time: FIELD_INVALID (or
+    INVALID_TEXT) with the field's rule."""
     checked = 0
-    for sub in spec.layout.subcons:
+    layout = spec.layout_for(version)
+    for sub in layout.subcons:
         for bad in wire_bad_values(sub, encoding):
-            data = frame(spec.code, payload_with(spec, encoding, {sub.name: bad.raw}))
+            data = frame(spec.code, payload_with(spec, encoding, {sub.name: bad.raw}, version=version),
+                         version=version)
             assert_error(data, encoding, bad.cls, bad.rule, fatal=False, message_type=spec.code)
             checked += 1
-    if any(not isinstance(unwrap(s), FormatField) for s in spec.layout.subcons):
+    if any(not isinstance(unwrap(s), FormatField) for s in layout.subcons):
         assert checked
 

@@ -1,10 +1,11 @@
-"""FrameDecoder: a byte stream in any split, error recovery (R2.8), truncation (R2.9).
+"""FrameDecoder: a byte stream in any split, error recovery (R2.8), truncation (R2.9), the
+protocol versions it accepts (R2.2, R5.2).
 
 The stream decoder is held to a small reference model built from the oracle
 (:func:`reference_stream`): cut the stream at each header's length, decode
-each frame with ``oracle.decode_frame``, stop at the first framing error or
-at an incomplete frame. Whatever the split of the input, the decoder must
-produce the same messages and errors, in the same order.
+each frame with ``oracle.decode_frame`` (accepting the same versions), stop at
+the first framing error or at an incomplete frame. Whatever the split of the
+input, the decoder must produce the same messages and errors, in the same order.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dfachat.errors import (
 from dfachat.spec import HEADER, LIMITS, MESSAGES, MESSAGES_BY_NAME, SUPPORTED_VERSIONS
 from dfachat.spec.types import Text, unwrap
 
-from .strategies import any_message, encodings, examples, message_strategy
+from .strategies import any_message, encodings, examples, message_strategy, versions
 from .wire import (
     CRC_SIZE,
     HEADER_SIZE,
@@ -47,9 +48,15 @@ from .wire import (
 # --- helpers ----------------------------------------------------------------------
 
 
-def reference_stream(data: bytes, encoding: str, max_frame: int = LIMITS.max_frame) -> list[tuple[Any, ...]]:
-    """What a stream decoder must make of ``data``: ("ok", message) / ("error", class, rule, type) items,
-    ending with ("pending",) when bytes of an incomplete frame remain."""
+ONE = frozenset({1})  # what a FrameDecoder accepts until the handshake is done (R5.2)
+
+
+def reference_stream(
+    data: bytes, encoding: str, max_frame: int = LIMITS.max_frame, accept: frozenset[int] = ONE
+) -> list[tuple[Any, ...]]:
+    """What a stream decoder accepting the versions ``accept`` must make of ``data``: ("ok",
+    message) / ("error", class, rule, type) items, ending with ("pending",) when bytes of an
+    incomplete frame remain."""
     out: list[tuple[Any, ...]] = []
     pos = 0
     while pos < len(data):
@@ -58,7 +65,7 @@ def reference_stream(data: bytes, encoding: str, max_frame: int = LIMITS.max_fra
             out.append(("pending",))
             break
         try:
-            oracle.decode_frame(head, encoding, max_frame=max_frame)
+            oracle.decode_frame(head, encoding, max_frame=max_frame, versions=accept)
         except TruncatedFrame:
             pass  # a good header: the frame needs its payload and checksum
         except FrameError as err:  # bad magic, version or length: framing is lost
@@ -69,7 +76,7 @@ def reference_stream(data: bytes, encoding: str, max_frame: int = LIMITS.max_fra
             out.append(("pending",))
             break
         try:
-            out.append(("ok", oracle.decode_frame(data[pos:end], encoding, max_frame=max_frame)))
+            out.append(("ok", oracle.decode_frame(data[pos:end], encoding, max_frame=max_frame, versions=accept)))
         except FrameError as err:
             out.append(("error", type(err), err.rule, err.message_type))
             if err.fatal:
@@ -79,10 +86,10 @@ def reference_stream(data: bytes, encoding: str, max_frame: int = LIMITS.max_fra
 
 
 def run_decoder(
-    chunks: list[bytes], encoding: str, *, max_frame: int = LIMITS.max_frame
+    chunks: list[bytes], encoding: str, *, max_frame: int = LIMITS.max_frame, accept: frozenset[int] = ONE
 ) -> tuple[list[tuple[Any, ...]], FrameDecoder]:
     """Feed ``chunks`` one by one, taking every message after each; bounded, so it cannot hang."""
-    decoder = FrameDecoder(encoding, max_frame=max_frame)
+    decoder = FrameDecoder(encoding, max_frame=max_frame, versions=accept)
     out: list[tuple[Any, ...]] = []
     total = sum(len(c) for c in chunks)
     budget = total // (HEADER_SIZE + CRC_SIZE) + 2 * len(chunks) + 2  # each message eats >= 12 bytes
@@ -125,8 +132,9 @@ def chunked(data: bytes, how: str, cuts: list[int]) -> list[bytes]:
 
 
 cut_lists = st.lists(st.integers(0, 2**16), max_size=12)
-stream_messages = encodings.flatmap(
-    lambda enc: st.tuples(st.lists(any_message(enc), min_size=1, max_size=6), st.just(enc))
+# (messages, encoding, version): a session's stream after its handshake
+stream_messages = st.tuples(encodings, versions).flatmap(
+    lambda ev: st.tuples(st.lists(any_message(*ev), min_size=1, max_size=6), st.just(ev[0]), st.just(ev[1]))
 )
 
 # --- valid streams ------------------------------------------------------------------
@@ -136,9 +144,9 @@ stream_messages = encodings.flatmap(
 @settings(max_examples=examples(40))
 @given(case=stream_messages, cuts=cut_lists)
 def test_any_split_yields_exactly_the_messages(how, case, cuts) -> None:
-    messages, encoding = case
-    data = b"".join(encode(m, encoding) for m in messages)
-    out, decoder = run_decoder(chunked(data, how, cuts), encoding)
+    messages, encoding, version = case
+    data = b"".join(encode(m, encoding, version) for m in messages)
+    out, decoder = run_decoder(chunked(data, how, cuts), encoding, accept=frozenset({version}))
     assert out == [("ok", m) for m in messages]
     assert decoder.buffered == 0
     assert decoder.failed is None
@@ -150,9 +158,9 @@ def test_any_split_yields_exactly_the_messages(how, case, cuts) -> None:
 @given(case=stream_messages, cuts=cut_lists, kind=st.sampled_from(["bytearray", "memoryview"]))
 def test_fed_buffers_are_copied(case, cuts, kind) -> None:
     """Feeding a bytearray (or a view of one) and then reusing it does not change what is decoded."""
-    messages, encoding = case
-    data = b"".join(encode(m, encoding) for m in messages)
-    decoder = FrameDecoder(encoding)
+    messages, encoding, version = case
+    data = b"".join(encode(m, encoding, version) for m in messages)
+    decoder = FrameDecoder(encoding, versions=frozenset({version}))
     out = []
     for chunk in split(data, cuts):
         buf = bytearray(chunk)
@@ -181,20 +189,23 @@ def test_buffered_counts_pending_bytes() -> None:
 
 
 @st.composite
-def messy_streams(draw: Any) -> tuple[bytes, str]:
-    """Valid frames, mutated frames and random bytes, concatenated."""
+def messy_streams(draw: Any) -> tuple[bytes, str, frozenset[int]]:
+    """Valid frames (mostly of the version the decoder accepts), mutated frames and random
+    bytes, concatenated; and the versions the decoder accepts."""
     encoding = draw(encodings)
+    accept = draw(st.sampled_from([ONE, *(frozenset({v}) for v in SUPPORTED_VERSIONS), frozenset(SUPPORTED_VERSIONS)]))
     parts = []
     for _ in range(draw(st.integers(1, 5))):
         kind = draw(st.sampled_from(["valid", "valid", "mutated", "random"]))
         if kind == "random":
             parts.append(draw(st.binary(max_size=24)))
             continue
-        data = encode(draw(any_message(encoding)), encoding)
+        version = draw(st.one_of(st.sampled_from(sorted(accept)), versions))
+        data = encode(draw(any_message(encoding, version)), encoding, version)
         if kind == "mutated":
             data = draw(st.sampled_from(MUTATIONS)).apply(HypothesisChooser(draw), data)
         parts.append(data)
-    return b"".join(parts), encoding
+    return b"".join(parts), encoding, accept
 
 
 @pytest.mark.parametrize("how", SPLITS)
@@ -202,9 +213,9 @@ def messy_streams(draw: Any) -> tuple[bytes, str]:
 @given(case=messy_streams(), cuts=cut_lists)
 def test_arbitrary_streams_match_the_reference(how, case, cuts) -> None:
     """Any bytes, any split: only FrameErrors, never a hang, and what the oracle-built model says."""
-    data, encoding = case
-    out, decoder = run_decoder(chunked(data, how, cuts), encoding)
-    expected = reference_stream(data, encoding)
+    data, encoding, accept = case
+    out, decoder = run_decoder(chunked(data, how, cuts), encoding, accept=accept)
+    expected = reference_stream(data, encoding, accept=accept)
     assert out == expected
     last = expected[-1] if expected else ("ok",)
     event(f"ends {last[0]}{'' if last[0] != 'error' else ' ' + last[1].__name__}")
@@ -222,11 +233,13 @@ def test_random_bytes_only_raise_frame_errors(data, cuts, encoding) -> None:
 
 
 @settings(max_examples=examples(150))
-@given(mtype=st.integers(0, 255), body=st.binary(max_size=48), cuts=cut_lists, encoding=encodings)
-def test_random_payloads_behind_valid_headers(mtype, body, cuts, encoding) -> None:
-    data = frame(mtype, body)
-    out, _ = run_decoder(split(data, cuts), encoding)
-    assert out == reference_stream(data, encoding)
+@given(mtype=st.integers(0, 255), body=st.binary(max_size=48), cuts=cut_lists, encoding=encodings,
+       version=versions)
+def test_random_payloads_behind_valid_headers(mtype, body, cuts, encoding, version) -> None:
+    data = frame(mtype, body, version=version)
+    accept = frozenset({version})
+    out, _ = run_decoder(split(data, cuts), encoding, accept=accept)
+    assert out == reference_stream(data, encoding, accept=accept)
     assert len(out) == 1 and out[0][0] in ("ok", "error")
 
 
@@ -234,26 +247,29 @@ def test_random_payloads_behind_valid_headers(mtype, body, cuts, encoding) -> No
 
 
 @st.composite
-def payload_error_frames(draw: Any) -> tuple[bytes, str, FrameError]:
-    """A whole, checksummed frame that decode_frame rejects with a payload (non-fatal) error."""
+def payload_error_frames(draw: Any) -> tuple[bytes, str, FrameError, int]:
+    """A whole, checksummed frame of a version that decode_frame rejects with a payload
+    (non-fatal) error; and the version."""
     encoding = draw(encodings)
-    data = encode(draw(any_message(encoding)), encoding)
+    version = draw(versions)
+    data = encode(draw(any_message(encoding, version)), encoding, version)
     mutation = draw(st.sampled_from([m for m in MUTATIONS if m.name in (
         "set_type", "splice_payload", "random_payload", "flip_payload_fix_crc")]))
     data = mutation.apply(HypothesisChooser(draw), data)
     decode_as = draw(st.one_of(st.just(encoding), encodings))
+    accept = frozenset({version})
     try:
-        decode_frame(data, decode_as)
+        decode_frame(data, decode_as, versions=accept)
     except FrameError as err:
         assert not err.fatal  # these mutations keep the frame whole and checksummed
-        return data, decode_as, err
-    # the mutation left a valid frame: use a frame of an undefined type, always a payload error
-    undefined = draw(st.sampled_from(undefined_types()))
-    data = frame(undefined, draw(st.binary(max_size=16)))
+        return data, decode_as, err, version
+    # the mutation left a valid frame: use a frame of a type the version lacks, always a payload error
+    undefined = draw(st.sampled_from(undefined_types(version)))
+    data = frame(undefined, draw(st.binary(max_size=16)), version=version)
     try:
-        decode_frame(data, decode_as)
+        decode_frame(data, decode_as, versions=accept)
     except FrameError as err:
-        return data, decode_as, err
+        return data, decode_as, err, version
     raise AssertionError("an undefined type decoded")
 
 
@@ -261,12 +277,12 @@ def payload_error_frames(draw: Any) -> tuple[bytes, str, FrameError]:
 @settings(max_examples=examples(60))
 @given(bad=payload_error_frames(), data=st.data(), cuts=cut_lists)
 def test_payload_error_skips_one_frame(how, bad, data, cuts) -> None:
-    raw, encoding, err = bad
+    raw, encoding, err, version = bad
     assert not err.fatal
-    before = data.draw(any_message(encoding), label="before")
-    after = data.draw(any_message(encoding), label="after")
-    stream = encode(before, encoding) + raw + encode(after, encoding)
-    out, decoder = run_decoder(chunked(stream, how, cuts), encoding)
+    before = data.draw(any_message(encoding, version), label="before")
+    after = data.draw(any_message(encoding, version), label="after")
+    stream = encode(before, encoding, version) + raw + encode(after, encoding, version)
+    out, decoder = run_decoder(chunked(stream, how, cuts), encoding, accept=frozenset({version}))
     assert out == [
         ("ok", before),
         ("error", type(err), err.rule, err.message_type),
@@ -311,6 +327,8 @@ def _fatal_frames() -> dict[str, tuple[bytes, type[FrameError]]]:
     return {
         "bad_magic": (frame(ping.code, payload, magic=b"XX"), BadMagic),
         "bad_version": (frame(ping.code, payload, version=max(SUPPORTED_VERSIONS) + 1), UnsupportedVersion),
+        # a version the spec defines, but not the one this (pre-handshake) decoder accepts (R5.2)
+        "other_version": (frame(ping.code, payload, version=max(set(SUPPORTED_VERSIONS) - ONE)), UnsupportedVersion),
         "bad_crc": (frame(ping.code, payload, crc=False), ChecksumMismatch),
         "too_large": (header(ping.code, MAX_PAYLOAD + 1) + payload, FrameTooLarge),
     }
@@ -351,11 +369,12 @@ def test_framing_error_kills_the_decoder(name, how, data, cuts) -> None:
 @given(data=st.data())
 def test_eof_inside_a_frame_is_truncated_frame(data) -> None:
     encoding = data.draw(encodings)
-    messages = data.draw(st.lists(any_message(encoding), max_size=3))
-    last = encode(data.draw(any_message(encoding)), encoding)
+    version = data.draw(versions)
+    messages = data.draw(st.lists(any_message(encoding, version), max_size=3))
+    last = encode(data.draw(any_message(encoding, version)), encoding, version)
     cut = data.draw(st.integers(1, len(last) - 1), label="cut")
-    decoder = FrameDecoder(encoding)
-    decoder.feed(b"".join(encode(m, encoding) for m in messages) + last[:cut])
+    decoder = FrameDecoder(encoding, versions=frozenset({version}))
+    decoder.feed(b"".join(encode(m, encoding, version) for m in messages) + last[:cut])
     got = []
     while (m := decoder.next_message()) is not None:
         got.append(m)
@@ -458,3 +477,36 @@ def test_encoding_switch_changes_how_text_decodes() -> None:
     decoder.encoding = "utf-8"
     with pytest.raises(InvalidText):
         decoder.next_message()
+
+
+# --- version switch (R2.2, R5.2) -------------------------------------------------------
+
+
+def test_a_decoder_accepts_version_1_until_told_otherwise() -> None:
+    """HELLO and an ERROR answering it travel in version 1: that is all a new decoder takes."""
+    assert FrameDecoder().versions == ONE
+
+
+@settings(max_examples=examples(40))
+@given(data=st.data(), encoding=encodings, version=versions, together=st.booleans())
+def test_version_switch_applies_to_the_next_frame(data, encoding, version, together) -> None:
+    """The client's handshake: its decoder takes HELLO_OK in any version it offered, then only the
+    chosen one -- frames of that version decode, a frame of another is fatal (R2.2)."""
+    hello_ok = data.draw(message_strategy(MESSAGES_BY_NAME["HELLO_OK"], encoding, version), label="HELLO_OK")
+    hello_ok = hello_ok.replace(version=version)
+    after = data.draw(any_message(encoding, version), label="after")
+    wire_a, wire_b = encode(hello_ok, encoding, version), encode(after, encoding, version)
+    decoder = FrameDecoder(encoding, versions=frozenset(SUPPORTED_VERSIONS))
+    decoder.feed(wire_a + wire_b if together else wire_a)
+    assert decoder.next_message() == hello_ok
+    decoder.versions = frozenset({hello_ok.version})
+    if not together:
+        decoder.feed(wire_b)
+    assert decoder.next_message() == after
+    other = next(v for v in SUPPORTED_VERSIONS if v != version)
+    stray = data.draw(any_message(encoding, other), label="stray")
+    decoder.feed(encode(stray, encoding, other) + wire_b)
+    with pytest.raises(UnsupportedVersion) as info:
+        decoder.next_message()
+    assert (info.value.rule, info.value.fatal, info.value.message_type) == ("R2.2", True, stray.TYPE)
+    assert decoder.failed is info.value

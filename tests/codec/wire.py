@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 
 from dfachat.codec import decode_frame, oracle
 from dfachat.errors import FrameError
-from dfachat.spec import FRAME, HEADER, LIMITS, MAGIC, MESSAGES_BY_CODE, PROTOCOL_VERSION
+from dfachat.spec import FRAME, HEADER, LIMITS, MAGIC, MESSAGES_BY_CODE, SUPPORTED_VERSIONS
 from dfachat.spec.types import unwrap
 
 __all__ = [
+    "ALL_VERSIONS",
     "CRC_SIZE",
+    "DEFAULT_VERSION",
     "HEADER_SIZE",
     "MAX_PAYLOAD",
     "MUTATIONS",
@@ -30,6 +32,7 @@ __all__ = [
     "crc_of",
     "frame",
     "header",
+    "header_field",
     "outcome",
     "payload_of",
     "undefined_types",
@@ -40,6 +43,10 @@ _CHECKSUM = unwrap(FRAME.subcons[-1])
 HEADER_SIZE = HEADER.sizeof()
 CRC_SIZE = _CHECKSUM.checksumfield.sizeof()
 MAX_PAYLOAD = LIMITS.max_frame - HEADER_SIZE - CRC_SIZE
+# A frame's version when a test does not say: encode's default, and the one version a
+# FrameDecoder accepts before the handshake (R5.2).
+DEFAULT_VERSION = 1
+ALL_VERSIONS = frozenset(SUPPORTED_VERSIONS)
 _FIELD_OFFSETS: dict[str, tuple[int, int]] = {}
 _offset = 0
 for _sub in HEADER.subcons:
@@ -48,12 +55,15 @@ for _sub in HEADER.subcons:
     _offset += _size
 
 
-def undefined_types() -> list[int]:
-    """Type codes the spec does not define (R2.3)."""
-    return [t for t in range(256) if t not in MESSAGES_BY_CODE]
+def undefined_types(version: int | None = None) -> list[int]:
+    """Type codes no version of the spec defines, or (given ``version``) that version does not (R2.3)."""
+    return [
+        t for t in range(256)
+        if t not in MESSAGES_BY_CODE or (version is not None and not MESSAGES_BY_CODE[t].in_version(version))
+    ]
 
 
-def header(mtype: int, length: int, *, version: int = PROTOCOL_VERSION, magic: bytes = MAGIC) -> bytes:
+def header(mtype: int, length: int, *, version: int = DEFAULT_VERSION, magic: bytes = MAGIC) -> bytes:
     raw = HEADER.build({"version": version, "type": mtype, "length": length})
     start, stop = _FIELD_OFFSETS["magic"]
     return raw[:start] + magic + raw[stop:]
@@ -64,7 +74,7 @@ def crc_of(data: bytes) -> bytes:
     return _CHECKSUM.checksumfield.build(_CHECKSUM.hashfunc(bytes(data)))
 
 
-def frame(mtype: int, payload: bytes, *, length: int | None = None, version: int = PROTOCOL_VERSION,
+def frame(mtype: int, payload: bytes, *, length: int | None = None, version: int = DEFAULT_VERSION,
           magic: bytes = MAGIC, crc: bool = True) -> bytes:
     """A frame around ``payload``; ``length`` overrides the length field, ``crc=False`` spoils the checksum."""
     head = header(mtype, len(payload) if length is None else length, version=version, magic=magic)
@@ -86,21 +96,32 @@ def set_header_field(data: bytes, name: str, value: int | bytes) -> bytes:
     return data[:start] + raw + data[stop:]
 
 
+def header_field(data: bytes, name: str) -> int:
+    """The value of one header field of ``data`` (a frame or its start), whatever its magic."""
+    start, stop = _FIELD_OFFSETS[name]
+    return int.from_bytes(data[start:stop], "big")
+
+
 def payload_of(data: bytes) -> bytes:
     return data[HEADER_SIZE:-CRC_SIZE]
 
 
-def outcome(decode: Callable[..., Any], data: bytes, encoding: str) -> tuple[Any, ...]:
-    """What ``decode`` made of ``data``: ("ok", message) or ("error", class, rule, message_type)."""
+def outcome(
+    decode: Callable[..., Any], data: bytes, encoding: str, versions: frozenset[int] = ALL_VERSIONS
+) -> tuple[Any, ...]:
+    """What ``decode`` made of ``data``, a frame of one of ``versions``: ("ok", message) or
+    ("error", class, rule, message_type)."""
     try:
-        return ("ok", decode(data, encoding))
+        return ("ok", decode(data, encoding, versions=versions))
     except FrameError as err:
         assert err.code_name and err.code  # every error maps onto an ErrorCode
         return ("error", type(err), err.rule, err.message_type)
 
 
-def both_outcomes(data: bytes, encoding: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    return outcome(decode_frame, data, encoding), outcome(oracle.decode_frame, data, encoding)
+def both_outcomes(
+    data: bytes, encoding: str, versions: frozenset[int] = ALL_VERSIONS
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    return outcome(decode_frame, data, encoding, versions), outcome(oracle.decode_frame, data, encoding, versions)
 
 
 # --- mutations ------------------------------------------------------------------
@@ -206,6 +227,12 @@ def _set_type(c: Chooser, data: bytes) -> bytes:
 
 
 def _set_version(c: Chooser, data: bytes) -> bytes:
+    """Any version byte (mostly R2.2), or another supported version with the checksum fixed:
+    the payload of one version read by another's layout (R2.3 for a type it lacks, R2.6, R2.7,
+    R4.6, R4.7 for fields and values it lacks)."""
+    if c.boolean():
+        versions = sorted(ALL_VERSIONS)
+        return with_crc(set_header_field(data, "version", versions[c.integer(0, len(versions) - 1)]))
     return _maybe_crc(c, set_header_field(data, "version", c.integer(0, 255)))
 
 
@@ -225,13 +252,13 @@ def _splice_payload(c: Chooser, data: bytes) -> bytes:
     else:
         payload[at : at + c.integer(0, 4)] = c.raw(c.integer(0, 4))
     mtype = data[_FIELD_OFFSETS["type"][0]]
-    return frame(mtype, bytes(payload))
+    return frame(mtype, bytes(payload), version=header_field(data, "version"))
 
 
 def _random_payload(c: Chooser, data: bytes) -> bytes:
     """Random bytes behind a valid header and checksum, for this frame's type or any type."""
     mtype = data[_FIELD_OFFSETS["type"][0]] if c.boolean() else c.integer(0, 255)
-    return frame(mtype, c.raw(c.integer(0, 40)))
+    return frame(mtype, c.raw(c.integer(0, 40)), version=header_field(data, "version"))
 
 
 MUTATIONS: tuple[Mutation, ...] = tuple(

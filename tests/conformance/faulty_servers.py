@@ -108,7 +108,9 @@ class _RewrittenEffects:
 
     def send(self, conn: CoreConnection, message: Message, frame: bytes) -> None:
         for out in self._rewrite(conn, message):
-            self._effects.send(conn, out, frame if out is message else encode(out, conn.session.encoding))
+            # in the session's version: a frame of another one is refused (R2.2)
+            data = frame if out is message else encode(out, conn.session.encoding, conn.session.version or 1)
+            self._effects.send(conn, out, data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._effects, name)
@@ -222,10 +224,11 @@ class ManglesNonAscii(RewritingCore):
 
     _sender_encoding: str | None = None
 
-    def on_MSG(self, conn: CoreConnection, msg: Message, now: float) -> None:
+    def _release_msg(self, conn: CoreConnection, *args: Any) -> None:
+        # where a MSG's DELIVERs go out (after the group commit, in the asyncio server)
         self._sender_encoding = conn.session.encoding
         try:
-            super().on_MSG(conn, msg, now)
+            super()._release_msg(conn, *args)
         finally:
             self._sender_encoding = None
 
@@ -269,8 +272,9 @@ class _AfterQuit:
     def next_event(self) -> None:
         return None  # what arrives after QUIT is discarded (that much is right)
 
-    def send(self, message: Message) -> bytes:
-        return encode(message, self._session.encoding)  # past the engine, which is CLOSED
+    def send(self, message: Message, *, frame: bytes | None = None) -> bytes:
+        # past the engine, which is CLOSED; in the session's version (R2.2)
+        return frame if frame is not None else encode(message, self._session.encoding, self._session.version or 1)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)

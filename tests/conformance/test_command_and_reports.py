@@ -22,8 +22,9 @@ from dfachat.conformance.checker import (
     summary_json,
     trace_json,
 )
+from dfachat.conformance.checker.model import MODEL_VERSIONS
 from dfachat.conformance.checker.properties import PROPERTIES
-from dfachat.spec import DeliverFlags, Outcome
+from dfachat.spec import MESSAGES_BY_CODE, SUPPORTED_VERSIONS, DeliverFlags, Outcome
 
 SMALL = ["--clients", "2", "--max-msgs", "0", "--aborts", "0", "--wrong-logins", "0", "--quiet"]
 # the slow-consumer finding (see test_broken_variants): the smallest run with a violation
@@ -78,6 +79,40 @@ def test_a_violation_exits_1_and_writes_the_counterexample(
 )
 def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", *args]) == 2
+
+
+def test_protocol_version_1_is_explored_and_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", *SMALL, "--protocol-version", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] and summary["config"]["versions"] == [1]
+
+
+def test_a_version_the_model_cannot_explore_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dfachat.conformance.checker.model as model
+
+    assert MODEL_VERSIONS == SUPPORTED_VERSIONS  # the checker explores every version of the spec
+    monkeypatch.setattr(model, "MODEL_VERSIONS", (1,))  # as before version 2's client model existed
+    assert main(["check", *SMALL, "--protocol-version", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "explores protocol versions 1 only, not 2" in err
+    # not a version of the spec: the choices are SUPPORTED_VERSIONS
+    assert main(["check", "--protocol-version", str(max(SUPPORTED_VERSIONS) + 1)]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_the_model_clients_offer_the_configured_versions() -> None:
+    from dfachat.conformance.checker.model import Client, Model
+
+    model = Model(ModelConfig.for_clients(1))
+    assert ModelConfig.for_clients(1).versions == (1,)
+    hello = model.values_HELLO(Client(None, False, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, False, None, (), False), 0)
+    assert [m.versions for m in hello] == [(1,)]
+    # a type later versions add is no move of a version-1 client (DELIVER_ACK)
+    assert all(MESSAGES_BY_CODE[code].in_version(1) for code in model.values)
+    with pytest.raises(ValueError, match="protocol versions among"):
+        ModelConfig.for_clients(1, versions=(max(SUPPORTED_VERSIONS) + 1,))
 
 
 def test_list_properties(capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,8 +53,17 @@ DEAD_ROWS = {
 def test_two_clients_every_property_holds_and_the_tables_are_covered() -> None:
     result = check(ModelConfig.for_clients(2, **default_bounds(2)))
     _assert_all_hold(result)
-    # one account each: no second login to replace; no unknown names in the default domain
-    assert set(result.skipped) == {"session_replaced", "msg_to_an_unknown_user"}
+    # one account each: no second login to replace; no unknown names in the default domain;
+    # version 1 without crashes hands nothing to an application (tests/conformance/
+    # test_acknowledged_delivery.py checks those properties)
+    assert set(result.skipped) == {
+        "session_replaced",
+        "msg_to_an_unknown_user",
+        "no_application_takes_a_message_twice",
+        "acknowledged_reaches_the_application_once",
+        "redelivered_after_a_crash",
+        "taken_message_dropped_when_redelivered",
+    }
     assert set(result.witnessed) == {
         p.name
         for p in PROPERTIES.values()

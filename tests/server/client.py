@@ -50,7 +50,7 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
 from dfachat.fsm import ClientSession, ConnectionClosed, ProtocolViolation
 from dfachat.fsm.events import Event
 from dfachat.server import DEMO_ACCOUNTS, ChatServer, KdfParams, ServerConfig, Store
-from dfachat.spec import MAGIC, PROTOCOL_VERSION, ErrorCode, ErrorFlags, Limits, ListFlags
+from dfachat.spec import MAGIC, ErrorCode, ErrorFlags, Limits, ListFlags
 
 __all__ = [
     "HOST",
@@ -68,7 +68,7 @@ TEST_KDF = KdfParams(n=1024)  # cheap scrypt: a login costs about a millisecond
 PASSWORDS = dict(DEMO_ACCOUNTS)
 
 
-def raw_frame(mtype: int, payload: bytes, *, version: int = PROTOCOL_VERSION, magic: bytes = MAGIC,
+def raw_frame(mtype: int, payload: bytes, *, version: int = 1, magic: bytes = MAGIC,
               length: int | None = None, good_crc: bool = True) -> bytes:
     """A frame built by hand (section 2): magic, version, type, length, payload, CRC-32."""
     head = magic + struct.pack(">BBI", version, mtype, len(payload) if length is None else length)
@@ -86,8 +86,9 @@ class ChatClient:
     """One raw protocol connection; see the module docstring."""
 
     def __init__(self, label: str = "client", *, encoding: str = "utf-8", strict: bool = True,
-                 auto_pong: bool = False) -> None:
+                 auto_pong: bool = False, version: int = 1) -> None:
         self.label = label
+        self.version = version  # the protocol version hello() offers: the suite runs both
         self.encoding = encoding
         self.strict = strict
         self.auto_pong = auto_pong  # answer PING with PONG, and keep PINGs out of the inbox
@@ -134,8 +135,9 @@ class ChatClient:
         await client.login(user, password)
         return client
 
-    async def hello(self, *, versions: tuple[int, ...] = (PROTOCOL_VERSION,), software: str = "dfachat-tests",
+    async def hello(self, *, versions: tuple[int, ...] | None = None, software: str = "dfachat-tests",
                     timeout: float = TIMEOUT) -> Message:
+        versions = versions or (self.version,)
         self.send(HELLO(versions=versions, encoding=self.encoding, software=software))
         self.hello_ok = await self.expect(HELLO_OK, timeout=timeout, only=True)
         assert self.hello_ok.encoding == self.encoding

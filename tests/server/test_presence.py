@@ -136,7 +136,7 @@ async def test_hello_ok_announces_the_configured_limits(chat: Chat) -> None:
 @pytest.mark.parametrize(
     ("hello", "code", "rule"),
     [
-        (HELLO(versions=(2, 3), encoding="utf-8", software="future"), ErrorCode.UNSUPPORTED_VERSION, "R5.2"),
+        (HELLO(versions=(3, 4), encoding="utf-8", software="future"), ErrorCode.UNSUPPORTED_VERSION, "R5.2"),
         (HELLO(versions=(1,), encoding="ebcdic", software="mainframe"), ErrorCode.UNSUPPORTED_ENCODING, "R5.3"),
         (HELLO(versions=(1,), encoding="utf16", software="misspelt"), ErrorCode.UNSUPPORTED_ENCODING, "R5.3"),
     ],

@@ -1,9 +1,10 @@
 """Diagrams from the spec: state diagrams (DOT, SVG, Mermaid) and packet layouts.
 
 The DOT source and the Mermaid text are parsed back into (state, label, next
-state) rows and compared with :data:`~dfachat.spec.TRANSITIONS`; the packet
+state) rows and compared with :data:`~dfachat.spec.TRANSITIONS`, for each
+protocol version (a row a later version added ends in `` (v2)``); the packet
 diagrams are parsed back into fields and bit widths and compared with the
-construct layouts.
+construct layouts of each version.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from dfachat.spec import CLOSED_TRIGGER, MESSAGES, ROLES, STATES, TRANSITIONS
+from dfachat.spec import (
+    CLOSED_TRIGGER,
+    MESSAGES,
+    PROTOCOL_VERSION,
+    ROLES,
+    STATES,
+    SUPPORTED_VERSIONS,
+    TRANSITIONS,
+    transitions_of,
+)
 from dfachat.spec.diagrams import (
     PHASES,
     GraphvizMissing,
@@ -33,6 +43,9 @@ from dfachat.spec.types import Ident, List, Text, unwrap
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 SVG = "{http://www.w3.org/2000/svg}"
+FIRST = SUPPORTED_VERSIONS[0]
+NEW_ROW_COLOR = "#1b7a3a"  # what a later version added is drawn in this green
+_LABEL = r"(?:[?!]\w+|closed)(?: \[[^\]]*\])?(?: \(v\d+\))?"
 
 
 def _label(t: dict) -> str:
@@ -42,17 +55,31 @@ def _label(t: dict) -> str:
         direction, _, message = t["trigger"].partition("_")
         head = ("?" if direction == "recv" else "!") + message
     guards = list(t["conditions"]) + [f"not {g}" for g in t["unless"]]
-    return head + (f" [{', '.join(guards)}]" if guards else "")
+    suffix = f" (v{t['since']})" if t["since"] > FIRST else ""
+    return head + (f" [{', '.join(guards)}]" if guards else "") + suffix
 
 
-def _expected(role: str) -> set[tuple[str, str, str | None]]:
-    """(source, label, dest or None for internal) for every row of the role's table."""
+def _expected(role: str, version: int = PROTOCOL_VERSION) -> set[tuple[str, str, str | None]]:
+    """(source, label, dest or None for internal) for every row of the role's table in
+    ``version`` (a later version's table has every earlier one's rows)."""
     rows = set()
     for t in TRANSITIONS[role]:
+        if t["since"] > version:
+            continue
         sources = t["source"] if isinstance(t["source"], list) else [t["source"]]
         for source in sources:
             rows.add((source, _label(t), t["dest"]))
     return rows
+
+
+def test_a_later_version_only_adds_rows() -> None:
+    """What the drawings rely on: each version's rows are the earlier version's plus its own."""
+    for role in ROLES:
+        for older, newer in zip(SUPPORTED_VERSIONS, SUPPORTED_VERSIONS[1:], strict=False):
+            old = transitions_of(role, older)
+            new = transitions_of(role, newer)
+            assert [t for t in new if t["since"] <= older] == old
+            assert any(t["since"] == newer for t in new) or newer == FIRST
 
 
 # --- DOT: the GraphMachine's graph ---------------------------------------------------------
@@ -89,13 +116,14 @@ def _items(rows: list[str], mark: str) -> list[str]:
             collecting = row.startswith(mark)
             row = row[2:]
         if collecting:
-            out += re.findall(r"(?:[?!]\w+|closed)(?: \[[^\]]*\])?", row)
+            out += re.findall(_LABEL, row)
     return out
 
 
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
 @pytest.mark.parametrize("role", ROLES)
-def test_dot_is_every_transition_of_the_table(role: str) -> None:
-    graph = _parse_dot(state_dot(role))
+def test_dot_is_every_transition_of_the_table(role: str, version: int) -> None:
+    graph = _parse_dot(state_dot(role, version))
     nodes, edges = graph["nodes"], graph["edges"]
     drawn = set()
     for name, node in nodes.items():
@@ -107,7 +135,7 @@ def test_dot_is_every_transition_of_the_table(role: str) -> None:
         drawn |= {(source, x, dest) for x in explicit}
         if not labels or "+ ◆" in labels:  # the shared labels, written in the destination
             drawn |= {(source, x, dest) for x in _items(nodes[dest]["rows"], "◆ ")}
-    assert drawn == _expected(role)
+    assert drawn == _expected(role, version)
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -122,7 +150,7 @@ def test_dot_groups_states_by_phase_and_marks_initial_and_terminal(role: str) ->
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_dot_tells_send_from_receive(role: str) -> None:
+def test_dot_tells_send_from_receive_and_new_from_old(role: str) -> None:
     for source, _, labels, attrs in _parse_dot(state_dot(role))["edges"]:
         if source.startswith("__start") or not labels or "+ ◆" in labels:
             continue
@@ -130,6 +158,20 @@ def test_dot_tells_send_from_receive(role: str) -> None:
         assert len(kinds) == 1, labels  # one direction per edge, so its style says which
         style = re.search(r"style=(\w+)", attrs).group(1)
         assert style == {"?": "solid", "!": "dashed", "closed": "dotted"}[kinds.pop()]
+        # one version per edge too, so its colour says whether a later version added it
+        new = {bool(re.search(r" \(v\d+\)$", x)) for x in labels}
+        assert len(new) == 1, labels
+        assert (f'color="{NEW_ROW_COLOR}"' in attrs) == new.pop(), labels
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_dot_colours_the_internal_rows_a_later_version_added(role: str) -> None:
+    source = state_dot(role)
+    green = set(re.findall(rf'<font color="{NEW_ROW_COLOR}">([^<]*)</font>', source))
+    internal = {_label(t) for t in TRANSITIONS[role] if t["since"] > FIRST and t["dest"] is None}
+    assert green == internal
+    first = state_dot(role, FIRST)  # the first version alone: nothing to mark
+    assert NEW_ROW_COLOR not in first and not re.search(r" \(v\d+\)", first)
 
 
 def test_dot_is_deterministic() -> None:
@@ -192,9 +234,10 @@ def test_dot_missing_from_path_in_a_subprocess(tmp_path) -> None:
 # --- Mermaid -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
 @pytest.mark.parametrize("role", ROLES)
-def test_detailed_mermaid_contains_every_transition(role: str) -> None:
-    lines = mermaid_state_diagram(role, detailed=True).splitlines()
+def test_detailed_mermaid_contains_every_transition(role: str, version: int) -> None:
+    lines = mermaid_state_diagram(role, detailed=True, version=version).splitlines()
     assert lines[0] == "stateDiagram-v2"
     drawn = set()
     note_of = None
@@ -207,12 +250,12 @@ def test_detailed_mermaid_contains_every_transition(role: str) -> None:
             note_of = None
         elif note_of is not None:
             body = line.removeprefix("keeps the state on ")
-            drawn |= {(note_of, x, None) for x in re.findall(r"(?:[?!]\w+|closed)(?: \[[^\]]*\])?", body)}
+            drawn |= {(note_of, x, None) for x in re.findall(_LABEL, body)}
         elif m := re.fullmatch(r"(\w+) --> (\w+) : (.*)", line):
             drawn |= {(m.group(1), x, m.group(2)) for x in m.group(3).split("<br/>")}
         elif m := re.fullmatch(r"class ([\w,]+) (\w+)", line):
             classes.update({state: m.group(2) for state in m.group(1).split(",")})
-    assert drawn == _expected(role)
+    assert drawn == _expected(role, version)
     assert classes == {s.name: s.phase for s in STATES[role]}
 
 
@@ -256,28 +299,38 @@ def _bit_cells(diagram: str) -> list[tuple[str, int | None]]:
     return out
 
 
-@pytest.mark.parametrize("spec", MESSAGES, ids=lambda s: s.name)
-def test_packet_diagram_lists_every_field_with_fixed_offsets(spec) -> None:
-    text = packet_diagram_text(spec)
+# every (message, version) pair the message exists in
+_SPEC_VERSIONS = [(spec, v) for spec in MESSAGES for v in SUPPORTED_VERSIONS if spec.in_version(v)]
+_SPEC_VERSION_IDS = [f"{spec.name}-v{v}" for spec, v in _SPEC_VERSIONS]
+
+
+@pytest.mark.parametrize(("spec", "version"), _SPEC_VERSIONS, ids=_SPEC_VERSION_IDS)
+def test_packet_diagram_lists_every_field_with_fixed_offsets(spec, version: int) -> None:
+    layout = spec.layout_for(version)
+    text = packet_diagram_text(spec, version=version)
     listed = {}
     lines = text.splitlines()
+    assert lines[0] == f"{spec.name} (type 0x{spec.code:02X}) payload" + (
+        f" (v{spec.since})" if spec.since > FIRST else ""
+    )
     header = next((k for k, line in enumerate(lines) if re.match(r"field\s+offset\s+size$", line)), None)
     for line in lines[header + 1 :] if header is not None else []:
         parts = re.split(r"\s{2,}", line.strip())
         listed[parts[0]] = parts[1]
-    fields = packet_fields(spec)
+    fields = packet_fields(spec, version)
     assert [f.path for f in fields] == list(listed)
-    for name, offset in _fixed_prefix(spec.layout):
+    for name, offset in _fixed_prefix(layout):
         assert listed[name] == str(offset), name
     for sub in spec.layout.subcons:
-        assert sub.name in text
+        # a field a later version added is not in an earlier version's frames
+        assert (sub.name in text) == (spec.field_since(sub.name) <= version), sub.name
 
 
-@pytest.mark.parametrize("spec", MESSAGES, ids=lambda s: s.name)
-def test_packet_bit_diagram_has_the_layouts_widths(spec) -> None:
-    cells = _bit_cells(packet_diagram_text(spec, fields=False).split("\n\neach ")[0])
+@pytest.mark.parametrize(("spec", "version"), _SPEC_VERSIONS, ids=_SPEC_VERSION_IDS)
+def test_packet_bit_diagram_has_the_layouts_widths(spec, version: int) -> None:
+    cells = _bit_cells(packet_diagram_text(spec, fields=False, version=version).split("\n\neach ")[0])
     expected: list[tuple[str, int | None]] = []
-    for sub in spec.layout.subcons:
+    for sub in spec.layout_for(version).subcons:
         con = unwrap(sub)
         if isinstance(con, Ident):
             expected += [("len", 8 * con.length_field.sizeof()), (sub.name, None)]
@@ -290,22 +343,44 @@ def test_packet_bit_diagram_has_the_layouts_widths(spec) -> None:
     assert [bits for _, bits in cells] == [bits for _, bits in expected]
     for (drawn, _), (name, _) in zip(cells, expected, strict=True):
         assert name in drawn, (drawn, name)
-    for line in packet_diagram_text(spec).splitlines():
+    for line in packet_diagram_text(spec, version=version).splitlines():
         if line[:1] in "|/+":
             assert len(line) <= 65  # 32 bits, two columns each, and the closing mark
 
 
-def test_packets_svg_names_every_field() -> None:
-    svg = ET.fromstring(packets_svg().encode("utf-8"))
+@pytest.mark.parametrize("spec", [s for s in MESSAGES if any(v > s.since for _, v in s.added)], ids=lambda s: s.name)
+def test_packet_diagram_marks_the_fields_a_later_version_added(spec) -> None:
+    text = packet_diagram_text(spec, fields=False)
+    for sub in spec.layout.subcons:
+        version = spec.field_since(sub.name)
+        marked = re.search(rf"\b{sub.name}\b[^|/]*\(v{version}\)", text) is not None
+        assert marked == (version > spec.since), sub.name
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_packets_svg_names_every_field(version: int) -> None:
+    svg = ET.fromstring(packets_svg(version).encode("utf-8"))
     groups = {g.get("id"): g for g in svg.iter(f"{SVG}g")}
+    assert set(groups) == {f"msg-{spec.name}" for spec in MESSAGES if spec.in_version(version)}
     for spec in MESSAGES:
+        if not spec.in_version(version):
+            continue
         group = groups[f"msg-{spec.name}"]
         texts = [t.text for t in group.iter(f"{SVG}text")]
-        for sub in spec.layout.subcons:
-            assert sub.name in texts, (spec.name, sub.name)
-        for name, offset in _fixed_prefix(spec.layout):
+        layout = spec.layout_for(version)
+        assert [sub.name for sub in spec.layout.subcons if sub.name in texts] == [
+            sub.name for sub in layout.subcons
+        ], spec.name
+        for name, offset in _fixed_prefix(layout):
             index = texts.index(name)
             assert str(offset) in texts[index:], (spec.name, name)
+        # what a later version added is green, and nothing else is
+        green = {
+            r.get("x") for r in group.iter(f"{SVG}rect") if r.get("stroke") == NEW_ROW_COLOR
+        }
+        added = [name for name, v in spec.added if spec.since < v <= version]
+        assert len(green) == len(added), spec.name
+        assert (f"(v{spec.since})" in texts) == (spec.since > FIRST), spec.name
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -349,8 +424,42 @@ def test_cli_sequences_and_packets(capsys: pytest.CaptureFixture) -> None:
     err = capsys.readouterr().err
     assert "no scenario named 'nope'" in err and "login" in err and "Traceback" not in err
     assert cli.main(["diagram", "--sequence", "quit", "--format", "png"]) == 2
+
+
+def test_cli_packets(capsys: pytest.CaptureFixture) -> None:
+    from dfachat import cli
+
     assert cli.main(["diagram", "--packets"]) == 0
     out = capsys.readouterr().out
     assert all(f"{spec.name} (type 0x{spec.code:02X}) payload" in out for spec in MESSAGES)
     assert cli.main(["diagram", "--packets", "--format", "pdf"]) == 2
     assert "--packets draws text or svg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_cli_draws_one_version(version: int, capsys: pytest.CaptureFixture) -> None:
+    from dfachat import cli
+    from dfachat.spec.diagrams import packet_diagrams_text
+
+    assert cli.main(["diagram", "--role", "client", "--protocol-version", str(version)]) == 0
+    assert capsys.readouterr().out == mermaid_state_diagram("client", detailed=True, version=version)
+    assert cli.main(["diagram", "--role", "server", "--format", "dot", "--protocol-version", str(version)]) == 0
+    assert capsys.readouterr().out == state_dot("server", version)
+    assert cli.main(["diagram", "--packets", "--protocol-version", str(version)]) == 0
+    out = capsys.readouterr().out
+    assert out == packet_diagrams_text(version)
+    for spec in MESSAGES:
+        assert (f"{spec.name} (type 0x{spec.code:02X}) payload" in out) == spec.in_version(version)
+
+
+def test_cli_refuses_an_unknown_version(capsys: pytest.CaptureFixture) -> None:
+    from dfachat import cli
+
+    unknown = max(SUPPORTED_VERSIONS) + 1
+    assert cli.main(["diagram", "--protocol-version", str(unknown)]) == 2
+    err = capsys.readouterr().err
+    assert f"--protocol-version {unknown}" in err and "Traceback" not in err
+    assert cli.main(["diagram", "--sequence", "quit", "--protocol-version", str(FIRST)]) == 2
+    assert "not --sequence" in capsys.readouterr().err
+    with pytest.raises(Exception, match="not one of"):
+        mermaid_state_diagram("client", version=unknown)

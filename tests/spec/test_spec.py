@@ -16,16 +16,23 @@ from dfachat.spec import (
     GUARDS,
     MESSAGES,
     MESSAGES_BY_NAME,
+    PROTOCOL_VERSION,
     ROLES,
     RULES,
     SECTIONS,
     STATES,
+    SUPPORTED_VERSIONS,
     TRANSITIONS,
     ErrorCode,
     Rule,
+    build_machine,
+    transitions_of,
     validate,
 )
-from dfachat.spec.types import Code, Flags, Ident, List, Text, unwrap
+from dfachat.spec.codes import SINCE, since
+from dfachat.spec.types import Code, Flags, Ident, List, Text, at_version, unwrap
+
+NEWEST = max(SUPPORTED_VERSIONS)
 
 
 def _transition(
@@ -39,6 +46,8 @@ def _transition(
         "unless": [],
         "after": [],
         "rule": rule,
+        "refused": None,
+        "since": 1,
         **extra,
     }
 
@@ -76,6 +85,9 @@ def test_validate_passes() -> None:
             "undefined action",
         ),
         ("client", _transition("send_MSG", "ESTABLISHED", None, rule="R99.9"), "R99.9 is cited"),
+        # a version-1 row for a message version 2 added, and a row of a version the spec lacks
+        ("server", _transition("recv_DELIVER_ACK", "ESTABLISHED", None), "before DELIVER_ACK"),
+        ("server", _transition("recv_PING", "ESTABLISHED", None, since=NEWEST + 1), "unsupported version"),
     ],
 )
 def test_a_broken_transition_is_a_spec_error(
@@ -172,6 +184,10 @@ def test_error_info_states_and_transitions_cite_rules_that_exist() -> None:
             assert state.rule in RULES, (role, state.name)
         for t in TRANSITIONS[role]:
             assert t["rule"] in RULES, (role, t["trigger"])
+            assert t["refused"] is None or t["refused"] in RULES, (role, t["trigger"])
+            # a row cites a rule of its own version (a refusal may cite a later one: see the
+            # engine tests, which show its guards always hold before that version)
+            assert RULES[t["rule"]].since <= t["since"], (role, t["trigger"], t["rule"])
 
 
 def test_field_types_cite_rules_that_exist() -> None:
@@ -200,3 +216,87 @@ def test_every_guard_and_action_is_used_and_documented() -> None:
     assert used_actions == set(ACTIONS)
     for name, guard in GUARDS.items():
         assert guard.__doc__, f"guard {name} needs a docstring: the protocol document prints it"
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+def test_versions() -> None:
+    """Version 1 is the first, and the newest is PROTOCOL_VERSION; every one in between is supported."""
+    assert tuple(range(1, PROTOCOL_VERSION + 1)) == SUPPORTED_VERSIONS
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_transitions_of_a_version_are_its_rows_and_every_earlier_ones(role: str) -> None:
+    for version in SUPPORTED_VERSIONS:
+        rows = transitions_of(role, version)
+        assert rows == [t for t in TRANSITIONS[role] if t["since"] <= version]
+        if version > 1:
+            earlier = transitions_of(role, version - 1)
+            assert [t for t in rows if t["since"] < version] == earlier  # only adds, in order
+        machine = build_machine(role, version=version)
+        assert set(machine.events) == {t["trigger"] for t in rows}
+    assert transitions_of(role) == transitions_of(role, PROTOCOL_VERSION)
+    for bad in (0, NEWEST + 1):
+        with pytest.raises(ValueError, match="not one of"):
+            transitions_of(role, bad)
+
+
+def test_members_added_later_are_known_and_versioned() -> None:
+    """codes.SINCE names real members of later versions; since() says 1 for every other member."""
+    for (enum, name), version in SINCE.items():
+        assert name in enum.__members__, (enum, name)
+        assert 1 < version <= NEWEST
+        assert since(enum[name]) == version
+    for enum in {enum for enum, _ in SINCE}:
+        for member in enum:
+            if (enum, member.name) not in SINCE:
+                assert since(member) == 1
+
+
+def _constructs(con: Any) -> list[Any]:
+    """Every Code and Flags in a layout or field, records included."""
+    con = unwrap(con)
+    if isinstance(con, (Code, Flags)):
+        return [con]
+    if isinstance(con, List):
+        return _constructs(con.record) if con.record is not None else _constructs(con.item)
+    if hasattr(con, "subcons"):
+        return [c for sub in con.subcons for c in _constructs(sub)]
+    return []
+
+
+@pytest.mark.parametrize("spec", MESSAGES, ids=lambda s: s.name)
+def test_layout_for_a_version(spec: Any) -> None:
+    """A version's layout: the fields of its version in the newest layout's order, its
+    enumerations and flags holding exactly the members of that version (R4.6, R4.7)."""
+    newest = [sub.name for sub in spec.layout.subcons]
+    assert spec.layout_for(NEWEST) is spec.layout
+    for name, version in spec.added:
+        assert spec.since < version <= NEWEST and name in newest
+    for version in SUPPORTED_VERSIONS:
+        if not spec.in_version(version):
+            assert version < spec.since
+            with pytest.raises(KeyError):
+                spec.layout_for(version)
+            continue
+        layout = spec.layout_for(version)
+        names = [sub.name for sub in layout.subcons]
+        assert names == [n for n in newest if spec.field_since(n) <= version]
+        for con in _constructs(layout):
+            if isinstance(con, Code):
+                assert {m.name for m in con.members} == {m.name for m in con.enum if since(m) <= version}
+            else:
+                mask = 0
+                for m in con.flags:
+                    mask |= int(m) if since(m) <= version else 0
+                assert con.mask == mask
+
+
+def test_at_version_keeps_what_does_not_change() -> None:
+    """A construct with nothing added after a version is the same object at that version."""
+    for spec in MESSAGES:
+        for sub in spec.layout.subcons:
+            if not any(since(m) > 1 for c in _constructs(sub) for m in (c.enum if isinstance(c, Code) else c.flags)):
+                assert at_version(sub, 1) is sub, (spec.name, sub.name)
+            assert at_version(sub, NEWEST) is sub

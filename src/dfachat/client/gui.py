@@ -12,6 +12,12 @@ few milliseconds (``root.after``), so Tk is only ever called from its own
 thread and the window stays live whatever the server does. Every failure
 reaches the person as a sentence in the dialog or the status line.
 
+A message is acknowledged (R7.11) only once the window has shown it,
+messages that arrive while the login is finishing (the stored ones) included:
+they wait for the chat window. The highest id shown is kept in a file under the
+user's state directory (:func:`~dfachat.client.library.taken_path_for`), so a
+message shown before a crash is not shown again after a restart.
+
 Tests build :class:`ChatApp` on a ``Tk()`` of their own and pump ``root.update()``;
 :func:`run` and :func:`main` add the ``mainloop``.
 """
@@ -32,10 +38,19 @@ from tkinter import font as tkfont
 from tkinter import ttk
 from typing import Any
 
-from dfachat.client.library import ChatEvent, Closed, Delivery, Joined, Left, Notice, SendResult
+from dfachat.client.library import (
+    ChatEvent,
+    Closed,
+    Delivery,
+    Joined,
+    Left,
+    Notice,
+    SendResult,
+    taken_path_for,
+)
 from dfachat.client.threaded import ChatThread, LoggedIn
 from dfachat.errors import DfachatError, MessageRejected
-from dfachat.spec import DEFAULT_PORT, ENCODINGS, LeftReason, Outcome
+from dfachat.spec import DEFAULT_PORT, ENCODINGS, SUPPORTED_VERSIONS, LeftReason, Outcome
 
 __all__ = ["ChatApp", "ChatWindow", "LoginDialog", "describe_result", "main", "run", "sentence"]
 
@@ -99,6 +114,8 @@ def describe_result(result: SendResult) -> str:
     if Outcome.UNKNOWN_USER in by_outcome:
         who = by_outcome[Outcome.UNKNOWN_USER]
         parts.append(f"there is no user named {_names(who)}")
+    for name in by_outcome.get(Outcome.OVER_QUOTA, ()):
+        parts.append(f"{name}'s inbox is full; not delivered")
     return sentence("; ".join(parts))
 
 
@@ -390,8 +407,9 @@ class ChatApp:
 
     ``state`` is ``"login"``, ``"connecting"``, ``"chat"``, ``"ended"`` (the
     session is over; the window stays to read), ``"quitting"`` or ``"closed"``.
-    ``chat_thread_factory(on_event)`` makes the :class:`ChatThread`; ``on_close``
-    runs when the app is done (default: destroy the root, which ends mainloop).
+    ``chat_thread_factory(on_event)`` makes the :class:`ChatThread` (the app turns its
+    ``auto_ack`` off and sets its ``versions``: it acknowledges what it has shown);
+    ``on_close`` runs when the app is done (default: destroy the root, which ends mainloop).
     """
 
     def __init__(
@@ -404,8 +422,10 @@ class ChatApp:
         encoding: str = "utf-8",
         user: str = "",
         on_close: Callable[[], None] | None = None,
+        versions: Sequence[int] = SUPPORTED_VERSIONS,
     ) -> None:
         self.root = root
+        self.versions = tuple(versions)  # the protocol versions offered at login
         self.state = "login"
         self.me: LoggedIn | None = None
         self.chat: ChatThread | None = None
@@ -414,6 +434,7 @@ class ChatApp:
         self._factory = chat_thread_factory
         self._on_close = on_close or root.destroy
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._early: list[ChatEvent] = []  # arrived while the login finished: shown with the window
         self._login_fields = {"host": host, "port": port, "encoding": encoding, "user": user}
 
         root.title("dfachat")
@@ -498,6 +519,9 @@ class ChatApp:
         self.root.minsize(520, 320)
         self.root.geometry("780x500")
         self._menu_state("Who is online", True)
+        early, self._early = self._early, []
+        for event in early:  # the stored messages that came with the login (issue 14: never lost)
+            self._on_event(event)
 
     # --- the worker thread's results reach Tk here ---------------------------------------
     def _post(self, action: Callable[[], None]) -> None:
@@ -554,6 +578,8 @@ class ChatApp:
     def _chat_thread(self) -> ChatThread:
         if self.chat is None:
             self.chat = self._factory(self._on_worker_event)
+            self.chat.auto_ack = False  # acknowledged once shown, in _on_event
+            self.chat.versions = self.versions
         return self.chat
 
     def login(self, host: str, port: int, user: str, password: str, encoding: str) -> None:
@@ -563,7 +589,13 @@ class ChatApp:
         self._login_fields = {"host": host, "port": port, "encoding": encoding, "user": user}
         if self.dialog is not None:
             self.dialog.busy(True, f"{host}:{port}")
-        self._when_done(self._chat_thread().login(host, port, user, password, encoding), self._logged_in)
+        self._early = []
+        try:
+            taken: Any = taken_path_for(host, port, user)
+        except OSError as exc:
+            log.warning("cannot keep track of the messages shown (%s); after a crash some may be shown again", exc)
+            taken = None
+        self._when_done(self._chat_thread().login(host, port, user, password, encoding, taken=taken), self._logged_in)
 
     def _logged_in(self, future: concurrent.futures.Future[LoggedIn]) -> None:
         if self.state != "connecting":
@@ -571,6 +603,7 @@ class ChatApp:
         me, error = self._outcome(future)
         if error is not None:
             self.state = "login"
+            self._early = []
             if self.dialog is not None:
                 self.dialog.show_error(sentence(error))
                 self.dialog.password_var.set("")
@@ -614,11 +647,16 @@ class ChatApp:
             self.window.set_status(f"{len(self.window.online)} others online.")
 
     def _on_event(self, event: ChatEvent) -> None:
+        if self.state == "connecting":  # the login's result is on its way behind these events
+            self._early.append(event)
+            return
         window = self.window
         if window is None or self.state not in ("chat", "quitting"):
-            return
+            return  # not shown, so not acknowledged: the server delivers it again at the next login
         if isinstance(event, Delivery):
             window.add_delivery(event)
+            if self.chat is not None:
+                self.chat.acknowledge(event)  # shown: now it may be forgotten (R7.11)
         elif isinstance(event, Joined):
             window.set_online([*window.online, event.name])
             window.add_system(f"{event.name} joined.")
@@ -674,10 +712,11 @@ class ChatApp:
 
 
 def run(*, host: str = "127.0.0.1", port: int = DEFAULT_PORT, encoding: str = "utf-8", user: str = "",
-        ssl: Any = None) -> int:
+        ssl: Any = None, versions: Sequence[int] = SUPPORTED_VERSIONS) -> int:
     """Open the window and run until the person quits; returns the exit status.
 
-    ``ssl`` is an ``ssl.SSLContext`` (:func:`dfachat.client.tls_context`) for a TLS server.
+    ``ssl`` is an ``ssl.SSLContext`` (:func:`dfachat.client.tls_context`) for a TLS server;
+    ``versions`` the protocol versions offered (R5.1).
     """
     try:
         root = tk.Tk(className="dfachat")
@@ -685,7 +724,8 @@ def run(*, host: str = "127.0.0.1", port: int = DEFAULT_PORT, encoding: str = "u
         print(f"dfachat: error: cannot open a window: {exc} (is DISPLAY set?)", file=sys.stderr)
         return 2
     factory = ChatThread if ssl is None else functools.partial(ChatThread, ssl=ssl)
-    app = ChatApp(root, chat_thread_factory=factory, host=host, port=port, encoding=encoding, user=user)
+    app = ChatApp(root, chat_thread_factory=factory, host=host, port=port, encoding=encoding, user=user,
+                  versions=versions)
     try:
         root.mainloop()
     except KeyboardInterrupt:

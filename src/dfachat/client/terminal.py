@@ -10,6 +10,12 @@ terminal, or ``--json``): each line of standard input is sent (the same
 commands work), events are printed as text or JSON lines, and the client
 quits once standard input ends and every message was acknowledged.
 
+A message counts as taken (and is acknowledged, R7.11) once its line is
+printed (with ``--json``: written and flushed). The highest id taken is kept
+in a file under the user's state directory
+(:func:`~dfachat.client.library.taken_path_for`), so a message printed before a
+crash is not printed again after a restart.
+
 The library (:mod:`dfachat.client.library`) speaks the protocol; this module
 parses lines (:func:`parse_command`) and formats what happens
 (:func:`format_event`, :func:`format_result`, :func:`event_json`) in pure
@@ -43,6 +49,7 @@ from dfachat.client.library import (
     Notice,
     SendResult,
     open_chat,
+    taken_path_for,
 )
 from dfachat.errors import (
     AuthenticationFailed,
@@ -50,7 +57,7 @@ from dfachat.errors import (
     MessageRejected,
     SessionEnded,
 )
-from dfachat.spec import ENCODINGS, REPLACEMENT, LeftReason, Outcome
+from dfachat.spec import ENCODINGS, REPLACEMENT, SUPPORTED_VERSIONS, LeftReason, Outcome
 
 __all__ = [
     "Help",
@@ -253,6 +260,8 @@ def format_result(result: SendResult) -> str | None:
             problems.append(f"{name} is offline and will get it on logging in")
         elif outcome is Outcome.LOSSY:
             problems.append(f"{name} got it with some characters shown as '{REPLACEMENT}'")
+        elif outcome is Outcome.OVER_QUOTA:
+            problems.append(f"{name}'s inbox is full; not delivered")
     if not result.outcomes:  # a broadcast
         if result.delivered == 0:
             problems.append("nobody else is online, so nobody got it")
@@ -278,6 +287,7 @@ def event_json(event: ChatEvent) -> dict[str, Any]:
             "directed": event.directed,
             "lossy": event.lossy,
             "stored": event.stored,
+            "redelivered": event.redelivered,
         }
     if isinstance(event, Joined):
         return {"type": "joined", "name": event.name}
@@ -373,6 +383,7 @@ class _Session:
         self.emit(format_event(event, encoding=self.chat.encoding), event_json(event))
 
     async def print_events(self) -> None:
+        # Asking for the next event takes the one just printed: the library acknowledges it.
         async for event in self.chat.events():
             self.show_event(event)
 
@@ -494,7 +505,7 @@ def _ask_encoding() -> str:
 
 async def _log_in(
     host: str, port: int, encoding: str, user: str | None, password: str | None, interactive: bool,
-    ssl: Any = None,
+    ssl: Any = None, versions: tuple[int, ...] = SUPPORTED_VERSIONS,
 ) -> Chat | int:
     """Log in, asking for the user name and password when needed (again after a wrong one)."""
     budget: int | None = None  # attempts left, counted across reconnections
@@ -505,7 +516,10 @@ async def _log_in(
         if password is None:
             password = getpass.getpass("Password: ")
         try:
-            return await open_chat(host, port, user=user, password=password, encoding=encoding, ssl=ssl)
+            taken = _taken_path(host, port, user)
+            return await open_chat(
+                host, port, user=user, password=password, encoding=encoding, ssl=ssl, versions=versions, taken=taken
+            )
         except AuthenticationFailed as exc:
             budget = exc.attempts_left if budget is None else min(budget - 1, exc.attempts_left)
             if not interactive or budget <= 0:
@@ -522,6 +536,16 @@ async def _log_in(
             return EXIT_FAILED
 
 
+def _taken_path(host: str, port: int, user: str) -> Any:
+    """The file of the messages taken, or None (in memory only) when the state directory cannot be made."""
+    try:
+        return taken_path_for(host, port, user)
+    except OSError as exc:
+        print(f"dfachat: warning: cannot keep track of the messages shown ({exc}); after a crash some may "
+              "be shown again", file=sys.stderr, flush=True)
+        return None
+
+
 def _connection_error(exc: ClientError, host: str, port: int) -> None:
     """The library's sentence, and when nothing listens, what to do about it."""
     import errno
@@ -533,12 +557,13 @@ def _connection_error(exc: ClientError, host: str, port: int) -> None:
     _error(detail)
 
 
-async def _verify_server(host: str, port: int, encoding: str, ssl: Any) -> bool:
+async def _verify_server(host: str, port: int, encoding: str, ssl: Any,
+                         versions: tuple[int, ...] = SUPPORTED_VERSIONS) -> bool:
     """Whether a dfachat server answers at host:port, said before anyone types a password."""
     from dfachat.client.library import probe
 
     try:
-        await probe(host, port, encoding=encoding, ssl=ssl)
+        await probe(host, port, encoding=encoding, ssl=ssl, versions=versions)
     except ClientError as exc:
         _connection_error(exc, host, port)
         return False
@@ -554,10 +579,12 @@ def run_client(
     password: str | None,
     json_lines: bool = False,
     ssl: Any = None,
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS,
 ) -> int:
     """``dfachat client``: returns the exit status (0 after /quit or the end of input).
 
-    ``ssl`` is an ``ssl.SSLContext`` (:func:`dfachat.client.tls_context`) for a TLS server.
+    ``ssl`` is an ``ssl.SSLContext`` (:func:`dfachat.client.tls_context`) for a TLS server;
+    ``versions`` the protocol versions offered (R5.1).
     """
     stdin_tty = sys.stdin is not None and sys.stdin.isatty()
     interactive = stdin_tty and not json_lines
@@ -581,7 +608,7 @@ def run_client(
             # The seed's second question follows its first; when the host came from a flag,
             # the terminal's own encoding answers it (utf-8 when dfachat does not speak that).
             encoding = _ask_encoding() if stdin_tty and asked_host else _terminal_encoding()
-        return asyncio.run(_main(host, port, encoding, user, password, interactive, json_lines, ssl))
+        return asyncio.run(_main(host, port, encoding, user, password, interactive, json_lines, ssl, versions))
     except EOFError:  # Ctrl-D at a prompt
         print(file=sys.stderr)
         return EXIT_FAILED
@@ -600,10 +627,11 @@ async def _main(
     interactive: bool,
     json_lines: bool,
     ssl: Any = None,
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS,
 ) -> int:
-    if (user is None or password is None) and not await _verify_server(host, port, encoding, ssl):
+    if (user is None or password is None) and not await _verify_server(host, port, encoding, ssl, versions):
         return EXIT_FAILED
-    chat = await _log_in(host, port, encoding, user, password, interactive, ssl)
+    chat = await _log_in(host, port, encoding, user, password, interactive, ssl, versions)
     if isinstance(chat, int):
         return chat
     if not interactive:

@@ -12,6 +12,11 @@ library's exceptions (:class:`~dfachat.errors.AuthenticationFailed`,
 :class:`~dfachat.errors.SessionEnded`) come out of ``future.result()`` unchanged.
 A GUI hands the futures' results and the events to its own thread (Tk's
 ``after``) -- nothing here touches the caller's thread.
+
+A message counts as taken (and is acknowledged, R7.11) once ``on_event`` has
+returned for it; with ``auto_ack=False``, only once :meth:`ChatThread.acknowledge`
+says so (a GUI: after it has shown the message). Without a ``taken`` file the
+highest id taken is remembered in memory per server and account, across logins.
 """
 
 from __future__ import annotations
@@ -25,8 +30,17 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dfachat.client.library import Chat, ChatEvent, SendResult, open_chat
+from dfachat.client.library import (
+    Chat,
+    ChatEvent,
+    Delivery,
+    SendResult,
+    Taken,
+    TakenRecord,
+    open_chat,
+)
 from dfachat.errors import SessionEnded
+from dfachat.spec import SUPPORTED_VERSIONS
 
 __all__ = ["ChatThread", "LoggedIn"]
 
@@ -41,16 +55,20 @@ class LoggedIn:
     online: tuple[str, ...]
     encoding: str
     server_software: str
+    version: int = 1  # the protocol version the server chose
 
 
 class ChatThread:
     """An asyncio loop on a daemon thread running one :class:`~dfachat.client.library.Chat`."""
 
     def __init__(self, on_event: Callable[[ChatEvent], None] | None = None, *, timeout: float = 10.0,
-                 ssl: Any = None) -> None:
+                 ssl: Any = None, versions: Iterable[int] = SUPPORTED_VERSIONS, auto_ack: bool = True) -> None:
         self.on_event = on_event
         self.timeout = timeout
         self.ssl = ssl  # an ssl.SSLContext (dfachat.client.tls_context) for a TLS server
+        self.versions = tuple(versions)  # the protocol versions offered at login
+        self.auto_ack = auto_ack  # read at each login; False: only acknowledge() takes a message
+        self._taken: dict[tuple[str, int, str], TakenRecord] = {}  # in memory, across logins
         self._chat: Chat | None = None
         self._pump: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
@@ -100,20 +118,37 @@ class ChatThread:
         return list(self._chat.online) if self._chat is not None else []
 
     def login(
-        self, host: str, port: int, user: str, password: str, encoding: str = "utf-8"
+        self, host: str, port: int, user: str, password: str, encoding: str = "utf-8", *, taken: Taken = None
     ) -> concurrent.futures.Future[LoggedIn]:
-        """Connect and log in; the future's result is a :class:`LoggedIn`."""
-        return self._submit(self._login(host, port, user, password, encoding))
+        """Connect and log in; the future's result is a :class:`LoggedIn`.
 
-    async def _login(self, host: str, port: int, user: str, password: str, encoding: str) -> LoggedIn:
+        ``taken``: the :class:`~dfachat.client.library.TakenRecord` or its file
+        (:func:`~dfachat.client.library.taken_path_for`); by default one in memory.
+        """
+        return self._submit(self._login(host, port, user, password, encoding, taken))
+
+    async def _login(self, host: str, port: int, user: str, password: str, encoding: str, taken: Taken) -> LoggedIn:
         if self._chat is not None and self._chat.ended is None:
             raise SessionEnded(f"already logged in as {self._chat.user}", code_name="BYE")
+        if taken is None:
+            taken = self._taken.setdefault((host.lower(), port, user.casefold()), TakenRecord())
         chat = await open_chat(
-            host, port, user=user, password=password, encoding=encoding, timeout=self.timeout, ssl=self.ssl
+            host, port, user=user, password=password, encoding=encoding, timeout=self.timeout, ssl=self.ssl,
+            versions=self.versions, auto_ack=self.auto_ack, taken=taken,
         )
         self._chat = chat
         self._pump = asyncio.get_running_loop().create_task(self._forward_events(chat))
-        return LoggedIn(chat.user, tuple(chat.online), chat.encoding, chat.server_software)
+        return LoggedIn(chat.user, tuple(chat.online), chat.encoding, chat.server_software, chat.version or 1)
+
+    def acknowledge(self, delivery: Delivery) -> concurrent.futures.Future[None]:
+        """``delivery`` and every message before it are taken (with ``auto_ack=False``: after the
+        application has done what it does with them)."""
+
+        async def acknowledge() -> None:
+            if self._chat is not None:  # the same account's record: an earlier session's id is taken too
+                self._chat.acknowledge(delivery)
+
+        return self._submit(acknowledge())
 
     def send(self, text: str, to: Iterable[str] = ()) -> concurrent.futures.Future[SendResult]:
         """Send ``text`` to the named users (none: everyone online)."""

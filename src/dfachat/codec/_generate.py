@@ -28,7 +28,7 @@ from typing import Any
 from construct import FormatField, Struct
 
 from dfachat.errors import FieldInvalid, FrameTooLarge, InvalidText, MalformedPayload, SpecError
-from dfachat.spec import FRAME, HEADER, LIMITS, MAGIC, MESSAGES, PROTOCOL_VERSION, MessageSpec
+from dfachat.spec import FRAME, HEADER, LIMITS, MAGIC, MESSAGES, SUPPORTED_VERSIONS, MessageSpec
 from dfachat.spec.types import Code, Flags, Ident, List, Text, unwrap
 
 __all__ = ["generate", "header_struct", "checksum_struct", "max_payload"]
@@ -178,7 +178,7 @@ def _fixed_slow(buf: bytes, pos: int, end: int, fields: list[tuple[str, str, Any
 
 
 def _code_checker(con: Code, where: str) -> tuple[dict[int, Any], Callable[[int], Any]]:
-    table = {int(member): member for member in con.enum}
+    table = {int(member): member for member in con.members}
 
     def check(raw: int) -> Any:
         value = table.get(raw)
@@ -204,11 +204,7 @@ def _flags_checker(con: Flags, where: str) -> tuple[dict[int, Any], Callable[[in
 def _fixed_encode_error(values: list[Any], fields: list[tuple[str, str, Any]]) -> FieldInvalid:
     for value, (where, fmt, con) in zip(values, fields, strict=True):
         if isinstance(con, Code):
-            try:
-                if not isinstance(value, int):
-                    raise TypeError
-                con.enum(value)
-            except (ValueError, TypeError):
+            if not isinstance(value, int) or int(value) not in {int(m) for m in con.members}:
                 return FieldInvalid(f"{where}: {value!r} is not a {con.enum.__name__}", rule=con.rule)
         elif isinstance(con, Flags) and (not isinstance(value, int) or value < 0 or value & ~con.mask):
             return FieldInvalid(f"{where}: {value!r} sets reserved {con.flags.__name__} bits", rule=con.rule)
@@ -367,10 +363,14 @@ def _emit_decode_var(e: _Emitter, con: Any, where: str, indent: int) -> str:
     raise SpecError(f"{where}: the codec generator does not support {con!r}")
 
 
-def _decoder_source(e: _Emitter, spec: MessageSpec, cls: type) -> str:
-    fname = f"decode_{spec.name}"
+def _decoder_source(e: _Emitter, spec: MessageSpec, cls: type, version: int) -> str:
+    fname = f"decode_{spec.name}_v{version}"
+    layout = spec.layout_for(version)
     e.emit(0, f"def {fname}(buf, pos, end, codec):")
-    fields = _emit_decode_layout(e, spec.layout, spec.name, 1)
+    values = iter(_emit_decode_layout(e, layout, spec.name, 1))
+    # a field a later version added is not in this version's frame: it reads as 0
+    carried = {sub.name for sub in layout.subcons}
+    fields = [next(values) if sub.name in carried else "0" for sub in spec.layout.subcons]
     e.emit(1, "if pos != end:")
     e.emit(2, f"raise MalformedPayload(f'{spec.name}: {{end - pos}} bytes left over after the last field', rule='R2.7')")
     name = e.const(cls, "cls")
@@ -414,7 +414,7 @@ def _emit_encode_fixed(e: _Emitter, group: list[tuple[str, Any]], owner: str, ex
     conds = []
     for (_, con), expr in zip(group, exprs, strict=True):
         if isinstance(con, Code):
-            valid = e.const(frozenset(int(m) for m in con.enum), "valid")
+            valid = e.const(frozenset(int(m) for m in con.members), "valid")
             conds.append(f"{expr} not in {valid}")
         elif isinstance(con, Flags):
             conds.append(f"_index({expr}) & {~con.mask & 0xFFFFFFFFFFFFFFFF} or {expr} < 0")
@@ -503,25 +503,31 @@ def _emit_encode_var(e: _Emitter, con: Any, where: str, expr: str, indent: int) 
     raise SpecError(f"{where}: the codec generator does not support {con!r}")
 
 
-def _encoder_source(e: _Emitter, spec: MessageSpec) -> str:
-    fname = f"encode_{spec.name}"
+def _encoder_source(e: _Emitter, spec: MessageSpec, version: int) -> str:
+    fname = f"encode_{spec.name}_v{version}"
+    layout = spec.layout_for(version)
     e.emit(0, f"def {fname}(m, codec):")
     e.emit(1, "parts = []")
     fields = [sub.name for sub in spec.layout.subcons]
     if fields:  # messages are tuples: one unpack instead of an attribute lookup per field
         e.emit(1, f"{''.join(f'm_{f}, ' for f in fields)}= m")
-    _emit_encode_layout(e, spec.layout, spec.name, "m", 1, local=True)
+    _emit_encode_layout(e, layout, spec.name, "m", 1, local=True)
     e.emit(1, "payload = b''.join(parts)")
     e.emit(1, f"if len(payload) > {max_payload()}:")
     e.emit(2, f"raise FrameTooLarge(f'{spec.name}: payload of {{len(payload)}} bytes exceeds {max_payload()}')")
-    e.emit(1, f"head = _header(_MAGIC, _VERSION, {spec.code}, len(payload))")
+    e.emit(1, f"head = _header(_MAGIC, {version}, {spec.code}, len(payload))")
     e.emit(1, "return b''.join((head, payload, _crc_pack(_crc32(payload, _crc32(head)))))")
     e.emit(0, "")
     return fname
 
 
-def generate() -> tuple[dict[type, Callable[[Any, str], bytes]], dict[int, Callable[..., Any]], str]:
-    """Generate the codec: (encoder per message class, decoder per type code, the source)."""
+Encoders = dict[tuple[int, type], Callable[[Any, str], bytes]]
+Decoders = dict[tuple[int, int], Callable[..., Any]]
+
+
+def generate() -> tuple[Encoders, Decoders, str]:
+    """Generate the codec: (encoder per (version, message class), decoder per (version, type
+    code), the source). A message a version lacks has neither in that version."""
     from dfachat.codec.messages import MESSAGE_CLASSES
 
     e = _Emitter()
@@ -540,15 +546,16 @@ def generate() -> tuple[dict[type, Callable[[Any, str], bytes]], dict[int, Calla
         _crc_pack=checksum_struct().pack,
         _crc32=zlib.crc32,
         _MAGIC=MAGIC,
-        _VERSION=PROTOCOL_VERSION,
     )
-    names: list[tuple[MessageSpec, str, str]] = []
-    for spec in MESSAGES:
-        cls = MESSAGE_CLASSES[spec.name]
-        names.append((spec, _encoder_source(e, spec), _decoder_source(e, spec, cls)))
+    names: list[tuple[int, MessageSpec, str, str]] = []
+    for version in SUPPORTED_VERSIONS:
+        for spec in MESSAGES:
+            if spec.in_version(version):
+                cls = MESSAGE_CLASSES[spec.name]
+                names.append((version, spec, _encoder_source(e, spec, version), _decoder_source(e, spec, cls, version)))
     source = "\n".join(e.lines)
     code = compile(source, "<dfachat generated codec>", "exec")
     exec(code, e.namespace)  # noqa: S102 - our own generated source, from our own schemas
-    encoders = {MESSAGE_CLASSES[spec.name]: e.namespace[enc] for spec, enc, _ in names}
-    decoders = {spec.code: e.namespace[dec] for spec, _, dec in names}
+    encoders = {(v, MESSAGE_CLASSES[spec.name]): e.namespace[enc] for v, spec, enc, _ in names}
+    decoders = {(v, spec.code): e.namespace[dec] for v, spec, _, dec in names}
     return encoders, decoders, source

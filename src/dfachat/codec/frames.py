@@ -30,7 +30,7 @@ from dfachat.errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
-from dfachat.spec import ENCODINGS, LIMITS, MAGIC, PROTOCOL_VERSION
+from dfachat.spec import ENCODINGS, LIMITS, MAGIC, SUPPORTED_VERSIONS
 
 __all__ = [
     "GENERATED_SOURCE",
@@ -52,6 +52,8 @@ _CRC_SIZE = _CRC.size
 _OVERHEAD = _HEADER_SIZE + _CRC_SIZE
 _crc32 = zlib.crc32
 _CODECS = {name: enc.codec for name, enc in ENCODINGS.items()}
+_ALL_VERSIONS = frozenset(SUPPORTED_VERSIONS)
+_HANDSHAKE = frozenset({1})  # HELLO and an ERROR answering it travel in version 1 (R5.2)
 
 
 class UnsupportedEncoding(DfachatError):
@@ -70,45 +72,54 @@ def python_codec(encoding: str) -> str:
         ) from None
 
 
-def encode(message: Message, encoding: str = "utf-8") -> bytes:
-    """The frame for ``message``, its TEXT fields in ``encoding`` (a wire name).
+def encode(message: Message, encoding: str = "utf-8", version: int = 1) -> bytes:
+    """The frame for ``message`` in protocol ``version``, its TEXT fields in ``encoding``.
 
     Raises :class:`~dfachat.errors.FieldInvalid` or :class:`~dfachat.errors.InvalidText`
-    naming the field and rule when a value cannot be sent.
+    naming the field and rule when a value cannot be sent, and
+    :class:`~dfachat.errors.UnknownMessageType` when ``version`` has no such message.
     """
-    encoder = ENCODERS.get(type(message))
+    encoder = ENCODERS.get((version, type(message)))
     if encoder is None:
-        raise TypeError(f"not a dfachat message: {message!r}")
+        if not isinstance(message, Message):
+            raise TypeError(f"not a dfachat message: {message!r}")
+        raise UnknownMessageType(
+            f"{message.NAME} does not exist in protocol version {version}", message_type=message.TYPE
+        )
     codec = _CODECS.get(encoding) if type(encoding) is str else None
     return encoder(message, codec or python_codec(encoding))
 
 
-def _frame_end(buf: Any, pos: int, max_frame: int) -> tuple[int, int] | None:
-    """Check the header at ``pos``: (message type, end of frame), or None when incomplete."""
+def _speaks(versions: frozenset[int]) -> str:
+    return " or ".join(str(v) for v in sorted(versions))
+
+
+def _frame_end(buf: Any, pos: int, max_frame: int, versions: frozenset[int]) -> tuple[int, int, int] | None:
+    """Check the header at ``pos``: (version, message type, end of frame), or None when incomplete."""
     if len(buf) - pos < _HEADER_SIZE:
         return None
     magic, version, mtype, length = _unpack_header(buf, pos)
     if magic != MAGIC:
         raise BadMagic(f"frame starts with {bytes(magic)!r}, not {MAGIC!r}")
-    if version != PROTOCOL_VERSION:
+    if version not in versions:
         raise UnsupportedVersion(
-            f"frame has protocol version {version}, this session speaks {PROTOCOL_VERSION}",
+            f"frame has protocol version {version}, this session speaks {_speaks(versions)}",
             message_type=mtype,
         )
     if length > max_frame - _OVERHEAD:
         raise FrameTooLarge(
             f"frame of {length + _OVERHEAD} bytes exceeds the limit of {max_frame}", message_type=mtype
         )
-    return mtype, pos + _HEADER_SIZE + length + _CRC.size
+    return version, mtype, pos + _HEADER_SIZE + length + _CRC.size
 
 
-def _check_and_decode(buf: bytes, pos: int, end: int, mtype: int, codec: str) -> Message:
+def _check_and_decode(buf: bytes, pos: int, end: int, version: int, mtype: int, codec: str) -> Message:
     """Checksum, then payload, of the complete frame buf[pos:end] (a ``bytes``)."""
     crc_at = end - _CRC.size
     (crc,) = _unpack_crc(buf, crc_at)
     if _crc32(buf[pos:crc_at]) != crc:
         raise ChecksumMismatch(f"frame checksum is 0x{crc:08X}, the frame's CRC-32 is not", message_type=mtype)
-    decoder = DECODERS.get(mtype)
+    decoder = DECODERS.get((version, mtype))
     if decoder is None:
         raise UnknownMessageType(f"message type 0x{mtype:02X} is not defined", message_type=mtype)
     try:
@@ -118,8 +129,15 @@ def _check_and_decode(buf: bytes, pos: int, end: int, mtype: int, codec: str) ->
         raise
 
 
-def decode_frame(data: bytes, encoding: str = "utf-8", *, max_frame: int = LIMITS.max_frame) -> Message:
-    """Decode ``data``, which must be exactly one frame."""
+def decode_frame(
+    data: bytes,
+    encoding: str = "utf-8",
+    *,
+    max_frame: int = LIMITS.max_frame,
+    versions: frozenset[int] = _ALL_VERSIONS,
+) -> Message:
+    """Decode ``data``, which must be exactly one frame of one of ``versions`` (by default any
+    supported version: the header says which)."""
     # The header checks of _frame_end and the body of _check_and_decode, inlined:
     # this is the hot path of every benchmark and of the fuzzer's oracle.
     if type(data) is not bytes:
@@ -128,8 +146,8 @@ def decode_frame(data: bytes, encoding: str = "utf-8", *, max_frame: int = LIMIT
     if size < _HEADER_SIZE:
         raise TruncatedFrame(f"{size} bytes are not a whole frame")
     magic, version, mtype, length = _unpack_header(data, 0)
-    if magic != MAGIC or version != PROTOCOL_VERSION or length > max_frame - _OVERHEAD:
-        _frame_end(data, 0, max_frame)  # raises the precise error
+    if magic != MAGIC or version not in versions or length > max_frame - _OVERHEAD:
+        _frame_end(data, 0, max_frame, versions)  # raises the precise error
     crc_at = _HEADER_SIZE + length
     if crc_at + _CRC_SIZE != size:
         if crc_at + _CRC_SIZE > size:
@@ -139,7 +157,7 @@ def decode_frame(data: bytes, encoding: str = "utf-8", *, max_frame: int = LIMIT
         )
     if _crc32(data[:crc_at]) != _unpack_crc(data, crc_at)[0]:
         raise ChecksumMismatch("frame checksum does not match its CRC-32", message_type=mtype)
-    decoder = DECODERS.get(mtype)
+    decoder = DECODERS.get((version, mtype))
     if decoder is None:
         raise UnknownMessageType(f"message type 0x{mtype:02X} is not defined", message_type=mtype)
     codec = _CODECS.get(encoding) if type(encoding) is str else None
@@ -157,12 +175,17 @@ class FrameDecoder:
     >>> d.feed(data)
     >>> while (m := d.next_message()) is not None: ...
 
-    ``encoding`` may change between frames (it does after HELLO_OK).
+    ``encoding`` may change between frames (it does after HELLO_OK), and so may
+    ``versions``, the protocol versions a frame may carry: version 1 until the
+    handshake is done, then the session's (R2.2, R5.2).
     """
 
-    __slots__ = ("_buf", "_pos", "_codec", "_encoding", "_failed", "max_frame")
+    __slots__ = ("_buf", "_pos", "_codec", "_encoding", "_failed", "max_frame", "versions")
 
-    def __init__(self, encoding: str = "utf-8", *, max_frame: int = LIMITS.max_frame) -> None:
+    def __init__(
+        self, encoding: str = "utf-8", *, max_frame: int = LIMITS.max_frame, versions: frozenset[int] = _HANDSHAKE
+    ) -> None:
+        self.versions = versions
         self._buf: bytes | bytearray = b""
         self._pos = 0
         self._encoding = encoding
@@ -213,13 +236,13 @@ class FrameDecoder:
             raise self._failed
         buf, pos = self._buf, self._pos
         try:
-            found = _frame_end(buf, pos, self.max_frame)
+            found = _frame_end(buf, pos, self.max_frame, self.versions)
         except FrameError as err:
             self._fail(err)
             raise
-        if found is None or found[1] > len(buf):
+        if found is None or found[2] > len(buf):
             return None
-        mtype, end = found
+        version, mtype, end = found
         if end == len(buf):
             self._buf, self._pos = b"", 0  # hold no reference to the caller's chunk
         else:
@@ -227,7 +250,7 @@ class FrameDecoder:
         if type(buf) is not bytes:
             buf, pos, end = bytes(buf[pos:end]), 0, end - pos
         try:
-            return _check_and_decode(buf, pos, end, mtype, self._codec)
+            return _check_and_decode(buf, pos, end, version, mtype, self._codec)
         except ChecksumMismatch as err:
             self._fail(err)
             raise

@@ -95,7 +95,10 @@ def _python_type(con: Any) -> Any:
     raise TypeError(f"no Python type for {con!r}")
 
 
-def _record_class(name: str, layout: Struct, base: type, attrs: dict[str, Any]) -> type:
+def _record_class(
+    name: str, layout: Struct, base: type, attrs: dict[str, Any], optional: frozenset[str] = frozenset()
+) -> type:
+    """``optional``: fields a later protocol version added; they default to 0."""
     fields = tuple(sub.name for sub in layout.subcons)
     namespace: dict[str, Any] = {
         "__slots__": (),
@@ -107,7 +110,7 @@ def _record_class(name: str, layout: Struct, base: type, attrs: dict[str, Any]) 
     for index, sub in enumerate(layout.subcons):
         namespace[sub.name] = property(itemgetter(index), doc=sub.docs or None)
     # A keyword-only constructor with exactly these fields, so a typo is a TypeError.
-    args = "".join(f", {f}" for f in fields)
+    args = "".join(f", {f}=0" if f in optional else f", {f}" for f in fields)
     source = (
         f"def __new__(cls, *{args}):\n    return _tuple_new(cls, ({''.join(f'{f}, ' for f in fields)}))\n"
         if fields
@@ -135,7 +138,11 @@ for _spec in MESSAGES:
 def _message_class(spec: MessageSpec) -> type[Message]:
     doc = f"{spec.name} (type 0x{spec.code:02X}, sent by {' and '.join(sorted(spec.senders))}): {spec.summary}"
     return _record_class(
-        spec.name, spec.layout, Message, {"__doc__": doc, "TYPE": spec.code, "NAME": spec.name, "SPEC": spec}
+        spec.name,
+        spec.layout,
+        Message,
+        {"__doc__": doc, "TYPE": spec.code, "NAME": spec.name, "SPEC": spec},
+        frozenset(name for name, _ in spec.added),
     )
 
 

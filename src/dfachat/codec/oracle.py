@@ -27,7 +27,7 @@ from dfachat.errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
-from dfachat.spec import FRAME, FRAME_OVERHEAD, HEADER, LIMITS, MESSAGES_BY_CODE, PROTOCOL_VERSION
+from dfachat.spec import FRAME, FRAME_OVERHEAD, HEADER, LIMITS, MESSAGES_BY_CODE, SUPPORTED_VERSIONS
 from dfachat.spec.types import List, unwrap
 
 __all__ = ["decode_frame", "encode"]
@@ -41,25 +41,28 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode(message: Message, encoding: str = "utf-8") -> bytes:
+def encode(message: Message, encoding: str = "utf-8", version: int = 1) -> bytes:
     spec = message.SPEC
-    values = {name: _plain(getattr(message, name)) for name in message.FIELDS}
+    if version not in SUPPORTED_VERSIONS or not spec.in_version(version):  # as the generated codec: no frame
+        raise UnknownMessageType(f"{spec.name} does not exist in protocol version {version}", message_type=spec.code)
+    layout = spec.layout_for(version)
+    values = {sub.name: _plain(getattr(message, sub.name)) for sub in layout.subcons}
     try:
-        payload = spec.layout.build(values, encoding=python_codec(encoding))
+        payload = layout.build(values, encoding=python_codec(encoding))
     except FrameError:
         raise
     except ConstructError as exc:
         raise FieldInvalid(f"{spec.name}: {exc}", rule="R4.10") from None
     if len(payload) + FRAME_OVERHEAD > LIMITS.max_frame:
         raise FrameTooLarge(f"{spec.name}: payload of {len(payload)} bytes is too large")
-    header = {"version": PROTOCOL_VERSION, "type": spec.code, "length": len(payload)}
+    header = {"version": version, "type": spec.code, "length": len(payload)}
     return FRAME.build({"header": {"value": header}, "payload": payload})
 
 
 def _typed(spec: Any, container: Any) -> Message:
     values = []
     for sub in spec.layout.subcons:
-        value = container[sub.name]
+        value = container.get(sub.name, 0)  # a field a later version added reads as 0
         con = unwrap(sub)
         if isinstance(con, List) and con.record is not None:
             record = RECORD_CLASSES[con.item.name]
@@ -68,8 +71,14 @@ def _typed(spec: Any, container: Any) -> Message:
     return MESSAGE_CLASSES[spec.name](**dict(zip(MESSAGE_CLASSES[spec.name].FIELDS, values, strict=True)))
 
 
-def decode_frame(data: bytes, encoding: str = "utf-8", *, max_frame: int = LIMITS.max_frame) -> Message:
-    """Decode ``data``, which must be exactly one frame, with construct."""
+def decode_frame(
+    data: bytes,
+    encoding: str = "utf-8",
+    *,
+    max_frame: int = LIMITS.max_frame,
+    versions: frozenset[int] = frozenset(SUPPORTED_VERSIONS),
+) -> Message:
+    """Decode ``data``, which must be exactly one frame of one of ``versions``, with construct."""
     data = bytes(data)
     if len(data) < HEADER.sizeof():
         raise TruncatedFrame(f"{len(data)} bytes are not a whole frame")
@@ -77,7 +86,7 @@ def decode_frame(data: bytes, encoding: str = "utf-8", *, max_frame: int = LIMIT
         header = HEADER.parse(data)
     except ConstError:
         raise BadMagic("frame does not start with the magic bytes") from None
-    if header.version != PROTOCOL_VERSION:
+    if header.version not in versions:
         raise UnsupportedVersion(f"frame has protocol version {header.version}", message_type=header.type)
     total = header.length + FRAME_OVERHEAD
     if total > max_frame:
@@ -91,11 +100,11 @@ def decode_frame(data: bytes, encoding: str = "utf-8", *, max_frame: int = LIMIT
     except ChecksumError:
         raise ChecksumMismatch("frame checksum mismatch", message_type=header.type) from None
     spec = MESSAGES_BY_CODE.get(header.type)
-    if spec is None:
+    if spec is None or header.version not in SUPPORTED_VERSIONS or not spec.in_version(header.version):
         raise UnknownMessageType(f"message type 0x{header.type:02X} is not defined", message_type=header.type)
     stream = io.BytesIO(frame.payload)
     try:
-        container = spec.layout.parse_stream(stream, encoding=python_codec(encoding))
+        container = spec.layout_for(header.version).parse_stream(stream, encoding=python_codec(encoding))
     except StreamError:
         raise MalformedPayload(f"{spec.name}: payload ends inside a field", message_type=header.type) from None
     except FrameError as err:

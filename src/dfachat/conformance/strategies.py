@@ -10,6 +10,7 @@ engine tests.
 * :func:`message_strategy` -- valid messages of one :class:`~dfachat.spec.MessageSpec`;
 * :func:`any_message` -- valid messages of every type;
 * :data:`encodings` -- the wire names of the session encodings;
+* :data:`versions` -- the protocol versions the spec defines;
 * :func:`text_strategy` -- values of one TEXT field, optionally under a
   negotiated limit;
 * :func:`extreme_message` -- one deterministic message with every field at
@@ -18,6 +19,13 @@ engine tests.
 
 Sizes stay small on most draws to keep runs fast; TEXT fields and short
 lists are sometimes drawn at (or one below) their limits.
+
+Messages are drawn for one protocol version (``version``, 1 by default, like
+:func:`dfachat.codec.encode`'s): from :meth:`MessageSpec.layout_for`, so a
+version-1 message carries no enumeration member or flag a later version added
+(R4.6, R4.7), and a field a later version added keeps its class default, 0,
+which is what a frame of that version decodes it as. A type the version lacks
+(DELIVER_ACK in version 1) is a ``ValueError``, not a message.
 """
 
 from __future__ import annotations
@@ -32,11 +40,12 @@ from construct import FormatField, Struct
 from hypothesis import strategies as st
 
 from dfachat.codec.messages import MESSAGE_CLASSES, RECORD_CLASSES, Message
-from dfachat.spec import ENCODINGS, MESSAGES, MessageSpec
+from dfachat.spec import ENCODINGS, MESSAGES, SUPPORTED_VERSIONS, MessageSpec
 from dfachat.spec.types import Code, Flags, Ident, List, Text, unwrap
 
 __all__ = [
     "ENCODING_NAMES",
+    "VERSIONS",
     "alphabet",
     "any_message",
     "chars",
@@ -52,11 +61,14 @@ __all__ = [
     "messages_and_encodings",
     "text_strategy",
     "unencodable_char",
+    "versions",
     "widest_char",
 ]
 
 ENCODING_NAMES: tuple[str, ...] = tuple(ENCODINGS)
 encodings = st.sampled_from(ENCODING_NAMES)
+VERSIONS: tuple[int, ...] = tuple(SUPPORTED_VERSIONS)
+versions = st.sampled_from(VERSIONS)
 
 SMALL_TEXT = 24  # code points on an ordinary draw
 SMALL_LIST = 6  # items on an ordinary draw
@@ -166,17 +178,21 @@ def _list_strategy(con: List, encoding: str) -> st.SearchStrategy[tuple[Any, ...
 
 
 def field_strategy(sub: Any, encoding: str) -> st.SearchStrategy[Any]:
-    """Valid values of one layout field (or list item) in ``encoding``."""
+    """Valid values of one layout field (or list item) in ``encoding``.
+
+    Enumerations and flags draw from the members ``sub`` defines: pass a field of
+    ``spec.layout_for(version)`` for a version's values, of ``spec.layout`` for the newest.
+    """
     con = unwrap(sub)
     if isinstance(con, Ident):
         return st.from_regex(con.regex.pattern.decode("ascii"), fullmatch=True)
     if isinstance(con, Text):
         return text_strategy(con, encoding)
     if isinstance(con, Code):
-        return st.sampled_from(list(con.enum))
+        return st.sampled_from(list(con.members))
     if isinstance(con, Flags):
         zero = con.flags(0)
-        return st.sets(st.sampled_from(list(con.flags))).map(
+        return st.sets(st.sampled_from(_flag_members(con))).map(
             lambda members: functools.reduce(operator.or_, members, zero)
         )
     if isinstance(con, List):
@@ -190,21 +206,37 @@ def field_strategy(sub: Any, encoding: str) -> st.SearchStrategy[Any]:
     raise TypeError(f"no strategy for {con!r}")
 
 
+def _flag_members(con: Flags) -> list[Any]:
+    """The flags ``con`` lets a frame set (its version's: ``mask`` leaves later ones out)."""
+    return [member for member in con.flags if int(member) & con.mask]
+
+
+def _layout(spec: MessageSpec, version: int) -> Any:
+    """The layout a frame of ``version`` carries for ``spec``; a type the version lacks is an error."""
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"protocol version {version} is not one of {SUPPORTED_VERSIONS}")
+    if not spec.in_version(version):
+        raise ValueError(f"{spec.name} does not exist in protocol version {version} (since {spec.since})")
+    return spec.layout_for(version)
+
+
 @functools.cache
-def message_strategy(spec: MessageSpec, encoding: str = "utf-8") -> st.SearchStrategy[Message]:
-    """Valid messages of ``spec``'s type whose TEXT fields ``encoding`` can carry."""
+def message_strategy(spec: MessageSpec, encoding: str = "utf-8", version: int = 1) -> st.SearchStrategy[Message]:
+    """Valid messages of ``spec``'s type whose TEXT fields ``encoding`` can carry, as a frame
+    of ``version`` carries them (fields the version lacks stay 0)."""
     cls = MESSAGE_CLASSES[spec.name]
-    return st.builds(cls, **{sub.name: field_strategy(sub, encoding) for sub in spec.layout.subcons})
+    return st.builds(cls, **{sub.name: field_strategy(sub, encoding) for sub in _layout(spec, version).subcons})
 
 
 @functools.cache
-def any_message(encoding: str = "utf-8") -> st.SearchStrategy[Message]:
-    return st.one_of([message_strategy(spec, encoding) for spec in MESSAGES])
+def any_message(encoding: str = "utf-8", version: int = 1) -> st.SearchStrategy[Message]:
+    """Valid messages of every type ``version`` defines."""
+    return st.one_of([message_strategy(spec, encoding, version) for spec in MESSAGES if spec.in_version(version)])
 
 
-def messages_and_encodings() -> st.SearchStrategy[tuple[Message, str]]:
-    """(message, encoding) pairs: a valid message for that encoding."""
-    return encodings.flatmap(lambda enc: st.tuples(any_message(enc), st.just(enc)))
+def messages_and_encodings(version: int = 1) -> st.SearchStrategy[tuple[Message, str]]:
+    """(message, encoding) pairs: a valid message of ``version`` for that encoding."""
+    return encodings.flatmap(lambda enc: st.tuples(any_message(enc, version), st.just(enc)))
 
 
 # --- deterministic extremes ---------------------------------------------------
@@ -274,7 +306,7 @@ def extreme_value(sub: Any, encoding: str, largest: bool, index: int = 0) -> Any
     if isinstance(con, Text):
         return widest_char(encoding) * (con.max_chars if largest else con.min_chars)
     if isinstance(con, Code):
-        members = sorted(con.enum)
+        members = sorted(con.members)
         return members[-1] if largest else members[0]
     if isinstance(con, Flags):
         return con.flags(con.mask if largest else 0)
@@ -291,7 +323,8 @@ def extreme_value(sub: Any, encoding: str, largest: bool, index: int = 0) -> Any
     raise TypeError(f"no extreme value for {con!r}")
 
 
-def extreme_message(spec: MessageSpec, encoding: str, *, largest: bool) -> Message:
-    """``spec``'s message with every field at its upper (or lower) bound, valid in ``encoding``."""
+def extreme_message(spec: MessageSpec, encoding: str, *, largest: bool, version: int = 1) -> Message:
+    """``spec``'s message with every field at its upper (or lower) bound, valid in ``encoding``
+    and in ``version`` (its enumerations' and flags' bounds are the version's; fields it lacks stay 0)."""
     cls = MESSAGE_CLASSES[spec.name]
-    return cls(**{sub.name: extreme_value(sub, encoding, largest) for sub in spec.layout.subcons})
+    return cls(**{sub.name: extreme_value(sub, encoding, largest) for sub in _layout(spec, version).subcons})

@@ -7,10 +7,12 @@ dicts, because a transitions ``Machine`` runs about 115k events/s and costs
 8 KB per registered model, while a dict lookup costs tens of nanoseconds and
 nothing per session.
 
-Shape: ``TABLES[role].recv[state][type_code]`` (and ``.send``) is a tuple of
+Shape: ``TABLES_BY_VERSION[version][role].recv[state][type_code]`` (and
+``.send``) is a tuple of
 :class:`Branch` tried in declaration order, exactly as transitions tries
 them; ``.closed[state]`` is the branch of the ``closed`` pseudo-trigger.
-A missing key means the move is illegal.
+A missing key means the move is illegal. ``TABLES`` is version 1's; a later
+version's tables hold every row of the earlier ones plus its own.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from dfachat.spec import (
     MESSAGES_BY_NAME,
     ROLES,
     STATES,
+    SUPPORTED_VERSIONS,
     StateSpec,
     build_machine,
 )
 
-__all__ = ["TABLES", "Branch", "RoleTable", "resolve"]
+__all__ = ["TABLES", "TABLES_BY_VERSION", "Branch", "RoleTable", "resolve"]
 
 Guard = Callable[[Any, Any], bool]
 
@@ -45,6 +48,7 @@ class Branch:
     actions: tuple[str, ...]
     rule: str
     trigger: str
+    refused: str | None = None  # the rule a refusal of the guards breaks, when not ``rule``
 
     def admits(self, session: Any, message: Any) -> bool:
         # A loop, not all(...): this runs per guarded event and a generator costs more.
@@ -60,6 +64,7 @@ class Branch:
 @dataclass(frozen=True, slots=True)
 class RoleTable:
     role: str
+    version: int
     states: MappingProxyType[str, StateSpec]
     initial: str
     recv: MappingProxyType[str, MappingProxyType[int, tuple[Branch, ...]]]
@@ -85,8 +90,8 @@ class RoleTable:
         )
 
 
-def _generate(role: str) -> RoleTable:
-    machine = build_machine(role)
+def _generate(role: str, version: int) -> RoleTable:
+    machine = build_machine(role, version=version)
     recv: dict[str, dict[int, list[Branch]]] = {s.name: {} for s in STATES[role]}
     send: dict[str, dict[int, list[Branch]]] = {s.name: {} for s in STATES[role]}
     closed: dict[str, Branch] = {}
@@ -94,7 +99,8 @@ def _generate(role: str) -> RoleTable:
         for source, transitions in event.transitions.items():
             for t in transitions:
                 guards = tuple((c.func, GUARDS[c.func], bool(c.target)) for c in t.conditions)
-                branch = Branch(guards, t.dest, tuple(t.after), t.rule, trigger)
+                refused = t.refused if t.refused != t.rule else None
+                branch = Branch(guards, t.dest, tuple(t.after), t.rule, trigger, refused)
                 if trigger == CLOSED_TRIGGER:
                     if guards or source in closed:
                         raise SpecError(f"{role}: '{CLOSED_TRIGGER}' must be one unguarded row per state")
@@ -115,6 +121,7 @@ def _generate(role: str) -> RoleTable:
 
     return RoleTable(
         role=role,
+        version=version,
         states=MappingProxyType(states),
         initial=machine.initial,
         recv=freeze(recv),
@@ -125,12 +132,17 @@ def _generate(role: str) -> RoleTable:
     )
 
 
-TABLES: MappingProxyType[str, RoleTable] = MappingProxyType({role: _generate(role) for role in ROLES})
+TABLES_BY_VERSION: MappingProxyType[int, MappingProxyType[str, RoleTable]] = MappingProxyType(
+    {v: MappingProxyType({role: _generate(role, v) for role in ROLES}) for v in SUPPORTED_VERSIONS}
+)
+TABLES: MappingProxyType[str, RoleTable] = TABLES_BY_VERSION[1]
 
 
-def resolve(role: str, state: str, trigger: str, message: Any, session: Any) -> Branch | None:
+def resolve(
+    role: str, state: str, trigger: str, message: Any, session: Any, *, version: int = 1
+) -> Branch | None:
     """The branch the table takes for ``trigger`` with ``message`` in ``state``, or None (illegal)."""
-    table = TABLES[role]
+    table = TABLES_BY_VERSION[version][role]
     if trigger == CLOSED_TRIGGER:
         return table.closed.get(state)
     direction, _, name = trigger.partition("_")

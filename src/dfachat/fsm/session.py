@@ -22,13 +22,20 @@ A session costs a few hundred bytes: ``__slots__`` and a shared table.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple
 
 from dfachat.codec.frames import FrameDecoder, encode
 from dfachat.codec.messages import ERROR, Message  # type: ignore[attr-defined]
-from dfachat.errors import DfachatError, FrameError, LocalProtocolError, UnexpectedMessage
-from dfachat.fsm._table import TABLES, Branch, RoleTable
+from dfachat.errors import (
+    DfachatError,
+    FrameError,
+    LocalProtocolError,
+    UnexpectedMessage,
+    UnknownMessageType,
+)
+from dfachat.fsm._table import TABLES_BY_VERSION, Branch
 from dfachat.fsm.events import ConnectionClosed, Event, ProtocolViolation
 from dfachat.spec import (
     ERROR_INFO,
@@ -43,6 +50,13 @@ from dfachat.spec import (
 __all__ = ["ClientSession", "ServerSession", "Session", "SessionSnapshot", "make_error"]
 
 _CLOSED = "CLOSED"
+
+
+def _handshake_versions(offered: Any) -> frozenset[int]:
+    """What a decoder accepts between HELLO and HELLO_OK: version 1 (HELLO, an ERROR answering
+    it) and the offered versions this side supports (HELLO_OK, R5.2). An offered version the
+    spec lacks stays UNSUPPORTED_VERSION (R2.2): there is no codec to read it by."""
+    return frozenset({1, *(v for v in offered if v in SUPPORTED_VERSIONS)})
 
 
 def _reason_text(detail: str, limit: int) -> str:
@@ -87,17 +101,21 @@ class SessionSnapshot(NamedTuple):
     user: str | None
     failed_logins: int
     offered_versions: tuple[int, ...]
+    outstanding: int = 0  # MSGs not yet answered (R7.2, R7.16)
+    msg_window: int = 1
+    deliver_window: int = 0
+    unacknowledged: tuple[int, ...] = ()  # ids of DELIVERs not yet acknowledged, version 2 (R7.12)
 
 
 class Session:
     """One side of one session. Use :class:`ServerSession` or :class:`ClientSession`."""
 
     role: ClassVar[str]
-    _table: ClassVar[RoleTable]
-    _recv: ClassVar[Any]  # _table.recv, one attribute lookup nearer
-    _discarding: ClassVar[frozenset[str]]  # states that drop input (R12.4)
+    _discarding: ClassVar[frozenset[str]]  # states that drop input (R12.4), in every version
 
     __slots__ = (
+        "_table",  # the table of the session's version (version 1's until HELLO_OK)
+        "_recv",  # _table.recv, one attribute lookup nearer
         "_state",
         "_decoder",
         "_encoding",
@@ -109,9 +127,14 @@ class Session:
         "user",
         "failed_logins",
         "offered_versions",
+        "outstanding",
+        "msg_window",
+        "deliver_window",
+        "unacknowledged",
     )
 
     def __init__(self, *, limits: Limits = LIMITS, encoding: str = "utf-8") -> None:
+        self._use_version(1)
         self._state: str = self._table.initial
         self._encoding = encoding
         self._decoder = FrameDecoder(encoding, max_frame=limits.max_frame)
@@ -123,6 +146,14 @@ class Session:
         self.user: str | None = None
         self.failed_logins = 0
         self.offered_versions: tuple[int, ...] = ()
+        self.outstanding = 0
+        self.msg_window = 1
+        self.deliver_window = 0
+        self.unacknowledged: deque[int] = deque()
+
+    def _use_version(self, version: int) -> None:
+        self._table = TABLES_BY_VERSION[version][self.role]
+        self._recv = self._table.recv
 
     # --- snapshots: the engine's state as a value ------------------------------
     def snapshot(self) -> SessionSnapshot:
@@ -131,7 +162,8 @@ class Session:
             raise LocalProtocolError("a session holding part of a frame has no snapshot", state=self._state)
         return SessionSnapshot(
             self._state, self._encoding, self._stopped, self.version, self.user,
-            self.failed_logins, self.offered_versions,
+            self.failed_logins, self.offered_versions, self.outstanding, self.msg_window,
+            self.deliver_window, tuple(self.unacknowledged),
         )
 
     @classmethod
@@ -140,9 +172,16 @@ class Session:
         session = cls.__new__(cls)
         (
             session._state, session._encoding, session._stopped, session.version, session.user,
-            session.failed_logins, session.offered_versions,
+            session.failed_logins, session.offered_versions, session.outstanding, session.msg_window,
+            session.deliver_window, unacknowledged,
         ) = snapshot
+        session.unacknowledged = deque(unacknowledged)
+        session._use_version(snapshot.version or 1)
         session._decoder = FrameDecoder(snapshot.encoding, max_frame=limits.max_frame)
+        if snapshot.version is not None:
+            session._decoder.versions = frozenset({snapshot.version})
+        elif snapshot.offered_versions:
+            session._decoder.versions = _handshake_versions(snapshot.offered_versions)
         session._eof = False
         session._close_reported = False  # an end of input is still reported, once
         session.limits = limits
@@ -246,7 +285,7 @@ class Session:
     def _unexpected(self, message: Message, branches: tuple[Branch, ...] | None) -> UnexpectedMessage:
         state = self._state
         if branches:
-            rule = branches[0].rule
+            rule = branches[0].refused or branches[0].rule  # the rule the refusal breaks
             detail = f"{message.NAME} in {state} fails {branches[0].describe_guards()}"
         elif message.TYPE not in self._table.received_types:
             rule = "R12.3"
@@ -262,7 +301,9 @@ class Session:
 
     def _violation(self, error: Any, type_code: int | None) -> ProtocolViolation:
         fatal = bool(getattr(error, "fatal", False)) or self._is_fatal(error)
-        spec = MESSAGES_BY_CODE.get(type_code) if type_code is not None else None
+        # a type the frame's version does not define (DELIVER_ACK in version 1) has no name here
+        known = type_code is not None and not isinstance(error, UnknownMessageType)
+        spec = MESSAGES_BY_CODE.get(type_code) if known else None
         code = ErrorCode[error.code_name]
         reply = make_error(
             code,
@@ -284,8 +325,11 @@ class Session:
         )
 
     # --- sending ----------------------------------------------------------------
-    def send(self, message: Message) -> bytes:
+    def send(self, message: Message, *, frame: bytes | None = None) -> bytes:
         """The bytes for ``message``; the state moves as the table says.
+
+        ``frame``: ``message`` already encoded in this session's encoding and version (a
+        server pushing one message to many sessions encodes it once); it is returned as is.
 
         Raises LocalProtocolError (with the state, message type and rule) when
         the table has no row for it, or when the message cannot be encoded or
@@ -311,12 +355,14 @@ class Session:
         else:
             raise LocalProtocolError(
                 f"{message.NAME} in {state} fails {branches[0].describe_guards()}",
-                rule=branches[0].rule,
+                rule=branches[0].refused or branches[0].rule,
                 state=state,
                 message_type=message.NAME,
             )
+        # HELLO_OK travels in the version it chooses, every later frame in the session's (R5.2)
+        version = message.version if message.NAME == "HELLO_OK" else self.version or 1
         try:
-            data = encode(message, self._encoding)
+            data = encode(message, self._encoding, version) if frame is None else frame
         except FrameError as err:
             raise LocalProtocolError(
                 f"cannot send {message.NAME}: {err.detail}", rule=err.rule, state=state, message_type=message.NAME
@@ -353,10 +399,33 @@ class Session:
     def offer(self, message: Any) -> None:
         self._set_encoding(message.encoding)
         self.offered_versions = tuple(message.versions)
+        # HELLO_OK comes in a version offered, an ERROR answering HELLO in version 1 (R5.2)
+        self._decoder.versions = _handshake_versions(message.versions)
 
     def adopt_encoding(self, message: Any) -> None:
         self._set_encoding(message.encoding)
         self.version = message.version
+        self._use_version(message.version)
+        self._decoder.versions = frozenset({message.version})
+        if message.version >= 2:  # the windows HELLO_OK announces (R7.12, R7.16)
+            self.msg_window, self.deliver_window = message.msg_window, message.deliver_window
+
+    def count_msg(self, message: Any) -> None:
+        self.outstanding += 1
+
+    def count_answer(self, message: Any) -> None:
+        self.outstanding -= 1
+
+    def count_deliver(self, message: Any) -> None:
+        if self.version is not None and self.version >= 2:
+            self.unacknowledged.append(message.server_msg_id)
+
+    def acknowledge(self, message: Any) -> None:
+        # This DELIVER and every earlier one of the session (R7.10): by position, so an id
+        # out of order (a server breaking R7.10's increasing ids) cannot strand the ones before it.
+        unacknowledged, last = self.unacknowledged, message.server_msg_id
+        while unacknowledged and unacknowledged.popleft() != last:
+            pass
 
     def authenticate(self, message: Any) -> None:
         self.user = message.name
@@ -376,9 +445,7 @@ class ServerSession(Session):
     """The server's side of one client's session."""
 
     role = "server"
-    _table = TABLES["server"]
-    _recv = _table.recv
-    _discarding = _table.discarding
+    _discarding = TABLES_BY_VERSION[1]["server"].discarding
     __slots__ = ()
 
     def _is_fatal(self, error: Any) -> bool:
@@ -389,9 +456,7 @@ class ClientSession(Session):
     """The client's side of its session with the server."""
 
     role = "client"
-    _table = TABLES["client"]
-    _recv = _table.recv
-    _discarding = _table.discarding
+    _discarding = TABLES_BY_VERSION[1]["client"].discarding
     __slots__ = ()
 
     def hello(self, *, encoding: str = "utf-8", software: str = "dfachat", versions: tuple[int, ...] = SUPPORTED_VERSIONS) -> bytes:

@@ -50,6 +50,7 @@ class ServerConfig:
     sweep_interval_s: float = 1.0  # how often idle sessions and back-off records are checked
     tls: ssl.SSLContext | None = None  # serve TLS only (dfachat.server.tls.server_context)
     tls_handshake_timeout_s: float = 10.0  # for the first bytes and the handshake of a TLS client
+    group_commit: bool = True  # one durable transaction per loop iteration (a store that can batch)
 
 
 class Connection(asyncio.Protocol):
@@ -136,6 +137,10 @@ class ChatServer:
     ) -> None:
         self.store = store
         self.config = config or ServerConfig()
+        # Group commit: one durable transaction per loop iteration instead of one per MSG.
+        group = self.config.group_commit and callable(getattr(store, "begin_batch", None))
+        if group:
+            store.begin_batch()  # type: ignore[attr-defined]
         self.core = core_class(
             store,
             self,
@@ -146,6 +151,7 @@ class ChatServer:
                 tls=self.config.tls is not None,
                 clock_offset_ms=0,  # set in start(): wall-clock ms at loop.time() == 0
                 log_level=logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.INFO,
+                group_commit=group,
             ),
         )
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -293,6 +299,14 @@ class ChatServer:
     def log(self, level: int, event: str, text: str, fields: dict[str, Any]) -> None:
         exc = fields.pop("exc", None)
         log.log(level, "%s", text, extra={"event": event, **fields}, exc_info=exc)
+
+    def commit_soon(self) -> None:
+        # call_soon: after every callback already ready in this iteration (the data of every
+        # readable socket), so one commit covers them all
+        self.loop.call_soon(self._commit)
+
+    def _commit(self) -> None:
+        self.core.commit(self.loop.time())
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)

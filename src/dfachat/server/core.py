@@ -47,6 +47,7 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
     HELLO_OK,
     JOINED,
     LEFT,
+    MSG,
     MSG_ACK,
     PASS,
     PING,
@@ -65,7 +66,7 @@ from dfachat.fsm import (
     make_error,
 )
 from dfachat.server.routing import Route, reencode, route
-from dfachat.server.storage import Account, Presence, Storage, name_key
+from dfachat.server.storage import Account, Presence, Storage, StoredMessage, name_key, text_size
 from dfachat.server.tls import looks_like_tls
 from dfachat.spec import (
     ENCODINGS,
@@ -93,12 +94,9 @@ __all__ = [
 ]
 
 _SERVER_TABLE = TABLES["server"]
-# States in which a push (DELIVER, JOINED, LEFT) is a legal internal move, read from the table (R8.4).
-PUSHABLE = (
-    _SERVER_TABLE.internal_sends(DELIVER.TYPE)
-    & _SERVER_TABLE.internal_sends(JOINED.TYPE)
-    & _SERVER_TABLE.internal_sends(LEFT.TYPE)
-)
+# States in which a push (JOINED, LEFT, and a version-1 DELIVER) is a legal internal move, read
+# from the table (R8.4). A version-2 DELIVER also counts against the window: it goes through the engine.
+PUSHABLE = _SERVER_TABLE.internal_sends(JOINED.TYPE) & _SERVER_TABLE.internal_sends(LEFT.TYPE)
 DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 
 
@@ -110,6 +108,9 @@ class CoreConfig:
     tls: bool = False  # the shell serves TLS: a TLS hello on plaintext is not expected
     clock_offset_ms: int = 0  # wall-clock milliseconds at now == 0 (DELIVER timestamps)
     log_level: int = INFO  # effects below this level are not produced (their fields cost)
+    # Group commit: writes join one open batch, and what a MSG sends waits until the world calls
+    # commit() (the asyncio server: once per loop iteration). Off: every write is durable at once.
+    group_commit: bool = False
 
 
 class Effects(Protocol):
@@ -131,6 +132,10 @@ class Effects(Protocol):
 
     def log(self, level: int, event: str, text: str, fields: dict[str, Any]) -> None:
         """Record what happened: ``event`` names it, ``fields`` carry its facts."""
+
+    def commit_soon(self) -> None:
+        """With :attr:`CoreConfig.group_commit` only: call :meth:`ServerCore.commit` soon (once
+        for many writes: the server does it at the end of the event loop's iteration)."""
 
 
 class ConnectionSnapshot(NamedTuple):
@@ -164,6 +169,11 @@ class CoreConnection:
         "tokens",
         "refilled",
         "fresh",
+        "window_bytes",
+        "cursor",
+        "caught_up",
+        "login_mark",
+        "queued",
     )
 
     def __init__(self, conn_id: int, handle: Any, address: str, peer: str, session: ServerSession, now: float) -> None:
@@ -183,6 +193,14 @@ class CoreConnection:
         self.tokens = 0.0  # the receive token bucket (R9.4)
         self.refilled = now
         self.fresh = True  # nothing received yet
+        # version 2's inbox delivery (R7.10-R7.13):
+        self.window_bytes = 0  # a window of DELIVERs: exempt from R9.3's bound
+        self.cursor = 0  # the newest inbox message sent to this session
+        self.caught_up = False  # every inbox message up to now was sent: new ones may go out directly
+        self.login_mark = 0  # inbox messages at or below this id were meant for an earlier session
+        # live DELIVERs waiting for room in the window, already encoded: a cache of the inbox's
+        # newest messages, so a busy recipient is not served by reading back what was just written
+        self.queued: deque[tuple[Message, bytes]] = deque()
 
     def snapshot(self) -> ConnectionSnapshot:
         return ConnectionSnapshot(
@@ -198,14 +216,15 @@ def pages(names: list[str], size: int) -> list[tuple[str, ...]]:
     return [tuple(names[i : i + size]) for i in range(0, len(names), size)] or [()]
 
 
-def encode_by_encoding(message: Message) -> Callable[[str], bytes]:
-    """``message``'s frame per encoding, each encoded once (a push to many sessions)."""
-    cache: dict[str, bytes] = {}
+def encode_by_encoding(message: Message) -> Callable[[str, int], bytes]:
+    """``message``'s frame per encoding and protocol version, each encoded once (a push to many
+    sessions)."""
+    cache: dict[tuple[str, int], bytes] = {}
 
-    def frame(encoding: str) -> bytes:
-        data = cache.get(encoding)
+    def frame(encoding: str, version: int) -> bytes:
+        data = cache.get((encoding, version))
         if data is None:
-            data = cache[encoding] = encode(message, encoding)
+            data = cache[encoding, version] = encode(message, encoding, version)
         return data
 
     return frame
@@ -238,6 +257,11 @@ class ServerCore:
         self.logins_by_address: dict[str, deque[float]] = {}  # times of recent PASS frames (R9.5)
         self.shutting_down = False
         self._next_id = 1
+        # group commit: MSGs stored but not yet durable, with what each sends once it is
+        self._batch: list[tuple[CoreConnection, Message, Callable[[], None]]] = []
+        self._commit_asked = False
+        # the newest message id known durable: what the store held at start, then each commit's
+        self._durable_id: float = storage.id_mark() if self.config.group_commit else float("inf")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -342,7 +366,7 @@ class ServerCore:
     def output_pending(self, conn: CoreConnection, size: int) -> None:
         """The world's report of bytes written but not yet taken by the peer (R9.3)."""
         limit = self.limits.max_output_buffer
-        if size > limit + conn.backlog:
+        if size > limit + conn.backlog + conn.window_bytes:
             self.slow_consumer(conn)
         elif conn.backlog and size <= limit:
             conn.backlog = 0  # the stored messages have drained: the plain bound again
@@ -384,7 +408,7 @@ class ServerCore:
         for other in self.presence.sessions():
             session = other.session
             if other is not exclude and session._state in PUSHABLE:
-                send(other, message, frames(session._encoding))
+                send(other, message, frames(session._encoding, session.version or 1))
 
     def end(self, conn: CoreConnection, error: Message | None, reason: LeftReason, *, abort: bool = False) -> None:
         """End the session now: an optional last frame (fatal ERROR or BYE), leave, close."""
@@ -422,6 +446,12 @@ class ServerCore:
     def shutdown(self) -> None:
         """Stop serving: BYE to every session (R10.3) and close; later connections get the same."""
         self.shutting_down = True
+        if self._batch or self._commit_asked:  # unanswered MSGs were not processed (R10.3)
+            self._batch, self._commit_asked = [], False
+            with contextlib.suppress(Exception):
+                self.storage.rollback()
+        with contextlib.suppress(Exception):  # acknowledged: gone from disk too (else REDELIVERED)
+            self.storage.tidy()
         for conn in list(self.connections.values()):
             self._goodbye(conn)
 
@@ -490,6 +520,10 @@ class ServerCore:
         logins = self.logins_by_address
         for key in [k for k, times in logins.items() if not times or now - times[-1] >= 60]:
             del logins[key]
+        try:
+            self.storage.tidy()
+        except Exception as exc:  # kept on disk: they come back REDELIVERED and are dropped (R7.11)
+            self._log(WARNING, "tidy_failed", f"could not delete acknowledged messages: {exc}", reason=str(exc))
 
     def keepalive(self, conn: CoreConnection, now: float) -> None:
         """PING a quiet authenticated session (R9.1)."""
@@ -518,10 +552,11 @@ class ServerCore:
             self.end(conn, make_error(ErrorCode.UNSUPPORTED_ENCODING, detail, regarding=hello.TYPE), LeftReason.ERROR)
         else:
             limits = self.limits
+            version = max(common)
             self.send(
                 conn,
                 HELLO_OK(
-                    version=max(common),
+                    version=version,
                     max_frame=limits.max_frame,
                     max_text=limits.max_text,
                     idle_timeout_s=limits.idle_timeout_s,
@@ -529,6 +564,9 @@ class ServerCore:
                     login_attempts=limits.login_attempts,
                     encoding=hello.encoding,
                     software=self.config.software,
+                    # version 1 frames do not carry the windows (R7.12, R7.16)
+                    deliver_window=limits.deliver_window if version >= 2 else 0,
+                    msg_window=limits.msg_window if version >= 2 else 0,
                 ),
             )
 
@@ -634,6 +672,13 @@ class ServerCore:
         self.deliver_stored(conn, key)
 
     def deliver_stored(self, conn: CoreConnection, key: str) -> None:
+        """What the inbox holds for ``key``, right after the login (R7.7, R7.13)."""
+        if (conn.session.version or 1) >= 2:
+            conn.login_mark = self.storage.id_mark()
+            conn.cursor, conn.caught_up = 0, False
+            conn.window_bytes = conn.session.deliver_window * self.limits.max_frame
+            self.refill(conn)
+            return
         stored = self.storage.stored_for(key)
         if not stored:
             return
@@ -655,22 +700,116 @@ class ServerCore:
         # slow-consumer bound (R9.3), or a long backlog would be cut off and lost.
         conn.backlog = sent
         self.storage.forget(item.id for item in stored)
+        if self.config.group_commit:
+            self._ask_commit()  # a batch write like any other
+
+    def refill(self, conn: CoreConnection) -> None:
+        """Version 2: send inbox messages, oldest first, while the window has room (R7.12, R7.13)."""
+        session = conn.session
+        room = session.deliver_window - len(session.unacknowledged)
+        if room <= 0 or conn.closed or session._state not in PUSHABLE:
+            return
+        queued = conn.queued
+        if queued:
+            send = self.effects.send
+            while room and queued:
+                message, frame = queued.popleft()
+                send(conn, message, session.send(message, frame=frame))
+                conn.cursor = message.server_msg_id
+                room -= 1
+        if conn.caught_up or not room:
+            return
+        found = self.storage.stored_for(conn.key or "", after=conn.cursor, limit=room)
+        durable = self._durable_id
+        items = [item for item in found if item.server_msg_id <= durable]  # never before its commit
+        for item in items:
+            self._send_stored(conn, item)
+        if items:
+            conn.cursor = items[-1].server_msg_id
+        conn.caught_up = len(found) < room and len(items) == len(found)
+
+    def _send_stored(self, conn: CoreConnection, item: StoredMessage) -> None:
+        text, replaced = reencode(item.text, conn.session.encoding)
+        flags = DeliverFlags(item.flags)
+        if replaced:
+            flags |= DeliverFlags.LOSSY
+        if item.server_msg_id <= conn.login_mark and not flags & DeliverFlags.STORED:
+            flags |= DeliverFlags.REDELIVERED  # meant for an earlier session, never acknowledged
+        self.send(
+            conn,
+            DELIVER(server_msg_id=item.server_msg_id, timestamp_ms=item.timestamp_ms, flags=flags, sender=item.sender, text=text),
+        )
 
     def on_MSG(self, conn: CoreConnection, msg: Message, now: float) -> None:
         sender = conn.session.user or ""
         plan = self.route(conn, msg.recipients)
-        server_msg_id = self.storage.next_msg_id()
+        storage = self.storage
         timestamp = int(now * 1000) + self.config.clock_offset_ms
         flags = DeliverFlags.DIRECTED if plan.directed else DeliverFlags(0)
-        frames: dict[str, tuple[Message, bytes, bool]] = {}
+        # Who keeps it in an inbox: offline recipients (R7.7) and version-2 sessions (R7.10),
+        # each within its quota (R7.14). Everything is stored before anything is sent, so a
+        # store that fails delivers to nobody (R7.15).
+        live_v1: list[CoreConnection] = []
+        live_v2: list[CoreConnection] = []
+        over: set[str] = set()
+        try:
+            server_msg_id = storage.next_msg_id()
+            cost = text_size(msg.text)
+            for target in plan.live:
+                if (target.session.version or 1) < 2:
+                    live_v1.append(target)
+                elif self._fits(target.key or "", cost):
+                    live_v2.append(target)
+                else:
+                    over.add(target.key or "")
+            stored_keys: list[str] = []
+            for key, _ in plan.stored:
+                (stored_keys.append if self._fits(key, cost) else over.add)(key)
+            storage.store_groups(
+                [(stored_keys, int(flags | DeliverFlags.STORED)), ([t.key or "" for t in live_v2], int(flags))],
+                server_msg_id, timestamp, sender, msg.text,
+            )
+        except Exception as exc:  # the disk is full, the database fails: nobody gets it (R7.15)
+            if self.config.group_commit:
+                self._fail_batch(exc)  # the batch's transaction is gone with it
+            self.store_failed(conn, msg, exc)
+            return
+
+        def release() -> None:
+            self._release_msg(conn, msg, server_msg_id, timestamp, flags, plan, live_v1, live_v2, over, stored_keys)
+
+        if self.config.group_commit:
+            self._batch.append((conn, msg, release))
+            self._ask_commit()
+        else:
+            release()
+
+    def _release_msg(
+        self, conn: CoreConnection, msg: Message, server_msg_id: int, timestamp: int, flags: DeliverFlags,
+        plan: Route[CoreConnection], live_v1: list[CoreConnection], live_v2: list[CoreConnection],
+        over: set[str], stored_keys: list[str],
+    ) -> None:
+        """What a stored MSG sends: DELIVERs to who is online, then its MSG_ACK (R7.3, R7.4)."""
+        sender = conn.session.user or ""
+        sender_version = conn.session.version or 1
+        if over:
+            self._log(
+                WARNING, "over_quota", f"connection {conn.id}: message {server_msg_id} dropped for {len(over)} full inboxes",
+                conn=conn.id, rule="R7.14", recipients=tuple(sorted(over)),
+            )
+        frames: dict[tuple[str, int], tuple[Message, bytes, bool]] = {}
         delivered = lossy = 0
         lossy_keys: set[str] = set()
         live_keys: list[str] = []
         send = self.effects.send
-        for target in plan.live:
+        for target in live_v1 + live_v2:
+            if target.closed:
+                if target in live_v2:
+                    delivered += 1  # in the inbox: it arrives at the next login (R7.13)
+                continue
             session = target.session
-            encoding = session._encoding
-            entry = frames.get(encoding)
+            encoding, version = session._encoding, session.version or 1
+            entry = frames.get((encoding, version))
             if entry is None:
                 text, replaced = reencode(msg.text, encoding)
                 message = DELIVER(
@@ -680,22 +819,40 @@ class ServerCore:
                     sender=sender,
                     text=text,
                 )
-                entry = frames[encoding] = (message, encode(message, encoding), bool(replaced))
-            if session._state in PUSHABLE:
+                entry = frames[encoding, version] = (message, encode(message, encoding, version), bool(replaced))
+            if version >= 2:
+                # in the inbox now; it goes out at once only behind everything older (R7.13)
+                if server_msg_id <= target.cursor:
+                    pass  # a refill already sent it
+                elif not target.caught_up:
+                    self.refill(target)  # older ones first, from the inbox
+                elif not target.queued and len(session.unacknowledged) < session.deliver_window:
+                    send(target, entry[0], session.send(entry[0], frame=entry[1]))
+                    target.cursor = server_msg_id
+                elif len(target.queued) < 4 * session.deliver_window:
+                    target.queued.append((entry[0], entry[1]))
+                else:
+                    target.caught_up = False  # the rest waits in the inbox alone
+            elif session._state in PUSHABLE:
                 send(target, entry[0], entry[1])
-                delivered += 1
-                if entry[2]:
-                    lossy += 1
-                    lossy_keys.add(target.key or "")
-                if self.config.log_level <= DEBUG:
-                    live_keys.append(target.key or "")
-        stored_keys = [key for key, _ in plan.stored]
-        if stored_keys:  # durable before the MSG_ACK that says QUEUED (R7.7)
-            self.storage.store(stored_keys, server_msg_id, timestamp, sender, int(flags), msg.text)
+            else:
+                continue
+            delivered += 1
+            if entry[2]:
+                lossy += 1
+                lossy_keys.add(target.key or "")
+            if self.config.log_level <= DEBUG:
+                live_keys.append(target.key or "")
+        # version 1 has no OVER_QUOTA: 'dropped' is UNKNOWN_USER there (R7.14)
+        full = Outcome.OVER_QUOTA if sender_version >= 2 else Outcome.UNKNOWN_USER
         results = tuple(
             RecipientResult(
                 name=name,
-                outcome=Outcome.LOSSY if outcome is Outcome.DELIVERED and name_key(name) in lossy_keys else outcome,
+                outcome=full
+                if name_key(name) in over
+                else Outcome.LOSSY
+                if outcome is Outcome.DELIVERED and name_key(name) in lossy_keys
+                else outcome,
             )
             for name, outcome in plan.results
         )
@@ -705,9 +862,67 @@ class ServerCore:
                 conn=conn.id, sender=conn.key or "", sender_name=sender, recipients=tuple(msg.recipients),
                 msg_text=msg.text, online=self.presence.keys(), live=tuple(live_keys), stored=tuple(stored_keys),
                 server_msg_id=server_msg_id, results=tuple((r.name, int(r.outcome)) for r in results),
-                delivered=delivered, lossy=lossy,
+                delivered=delivered, lossy=lossy, over_quota=tuple(sorted(over)),
             )
-        self.send(conn, MSG_ACK(msg_id=msg.msg_id, server_msg_id=server_msg_id, delivered=delivered, lossy=lossy, results=results))
+        if not conn.closed:
+            self.send(conn, MSG_ACK(msg_id=msg.msg_id, server_msg_id=server_msg_id, delivered=delivered, lossy=lossy, results=results))
+
+    # --- group commit ------------------------------------------------------------------------------
+    def _ask_commit(self) -> None:
+        if not self._commit_asked:
+            self._commit_asked = True
+            self.effects.commit_soon()
+
+    def commit(self, now: float = 0.0) -> None:
+        """Group commit: make the batch durable, then send what its MSGs send; on failure nobody
+        gets any of them and each sender is told (R7.15)."""
+        batch, self._batch, self._commit_asked = self._batch, [], False
+        try:
+            self.storage.commit()
+        except Exception as exc:
+            self._fail_batch(exc, batch)
+            return
+        self._durable_id = self.storage.id_mark()
+        for _, _, release in batch:
+            release()
+
+    def _fail_batch(self, exc: BaseException, batch: list[Any] | None = None) -> None:
+        if batch is None:
+            batch, self._batch, self._commit_asked = self._batch, [], False
+        with contextlib.suppress(Exception):
+            self.storage.rollback()
+        for conn, msg, _ in batch:
+            if not conn.closed:
+                self.store_failed(conn, msg, exc)
+
+    def _fits(self, key: str, cost: int) -> bool:
+        """One more message of ``cost`` bytes fits ``key``'s inbox (R7.14)."""
+        count, size = self.storage.inbox_usage(key)
+        limits = self.limits
+        return count < limits.max_inbox_messages and size + cost <= limits.max_inbox_bytes
+
+    def store_failed(self, conn: CoreConnection, msg: Message, exc: BaseException) -> None:
+        """R7.15: the MSG reached nobody. Version 2 says so and goes on; version 1 can only end."""
+        self._log(  # an operating condition, not a bug: no traceback
+            ERROR, "store_failed", f"connection {conn.id}: could not store a message, nobody received it: {exc}",
+            conn=conn.id, peer=conn.peer, rule="R7.15", reason=str(exc),
+        )
+        detail = "the server could not store your message; nobody received it; you may send it again"
+        if (conn.session.version or 1) >= 2:
+            self.send(conn, make_error(ErrorCode.STORE_FAILED, detail, regarding=MSG.TYPE))
+        else:
+            self.end(conn, make_error(ErrorCode.INTERNAL_ERROR, detail, rule="R7.15"), LeftReason.ERROR)
+
+    def on_DELIVER_ACK(self, conn: CoreConnection, ack: Message, now: float) -> None:
+        """The application took everything up to this DELIVER: forget it, send more (R7.10)."""
+        try:
+            self.storage.acknowledge(conn.key or "", ack.server_msg_id)
+        except Exception as exc:  # kept: they come back REDELIVERED and the client drops them (R7.11)
+            self._log(
+                WARNING, "ack_not_stored", f"connection {conn.id}: could not forget acknowledged messages: {exc}",
+                conn=conn.id, rule="R7.10", reason=str(exc),
+            )
+        self.refill(conn)
 
     def route(self, conn: CoreConnection, recipients: tuple[str, ...]) -> Route[CoreConnection]:
         """Where a MSG from ``conn`` goes (:func:`dfachat.server.routing.route` over who is online)."""

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import logging
+import shutil
 import signal
 import sqlite3
 import sys
@@ -116,6 +117,21 @@ async def _serve(store: Store, config: ServerConfig, ready: asyncio.Event | None
         await task
 
 
+LOW_DISK_BYTES = 256 << 20  # below this much free space the server warns at start (R7.15)
+
+
+def disk_space_warning(db: Path, *, low: int = LOW_DISK_BYTES) -> str | None:
+    """A warning when the disk holding the database is nearly full, else None."""
+    try:
+        free = shutil.disk_usage(db.resolve().parent).free
+    except OSError:
+        return None
+    if free >= low:
+        return None
+    return (f"the disk holding {db} has only {free >> 20} MiB free: when it is full, messages are refused "
+            "(the sender is told STORE_FAILED, rule R7.15) and nothing is lost; free some space")
+
+
 def run_server(db: Path, config: ServerConfig, *, demo: bool = False) -> int:
     """Run until SIGINT or SIGTERM, then shut down gracefully; returns the exit status."""
     store = Store(db)
@@ -133,6 +149,9 @@ def run_server(db: Path, config: ServerConfig, *, demo: bool = False) -> int:
             file=sys.stderr,
             flush=True,
         )
+    warning = disk_space_warning(db)
+    if warning:
+        logging.getLogger("dfachat.server").warning("%s", warning)
     loop = _new_event_loop()
     try:
         loop.run_until_complete(_serve(store, config))

@@ -22,7 +22,7 @@ from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Account", "MemoryStore", "Presence", "Storage", "StoredMessage", "name_key"]
+__all__ = ["Account", "MemoryStore", "Presence", "Storage", "StoredMessage", "name_key", "text_size"]
 
 
 def name_key(name: str) -> str:
@@ -60,16 +60,47 @@ class Storage(Protocol):
     def next_msg_id(self) -> int:
         """A server message id greater than every id issued before, restarts included (R7.3)."""
 
+    def id_mark(self) -> int:
+        """An id at or above every server message id issued so far (none is issued twice, R7.3)."""
+
     def store(
         self, recipient_keys: Iterable[str], server_msg_id: int, timestamp_ms: int, sender: str, flags: int, text: str
     ) -> None:
-        """Keep a message for offline recipients; durable when this returns (R7.7)."""
+        """Keep a message for recipients, all with the same flags: :meth:`store_groups` with one group."""
 
-    def stored_for(self, recipient_key: str) -> list[StoredMessage]:
-        """The messages kept for a recipient, oldest first."""
+    def store_groups(
+        self, groups: Iterable[tuple[Iterable[str], int]], server_msg_id: int, timestamp_ms: int, sender: str, text: str
+    ) -> None:
+        """Put one message in the inbox of every recipient of every (recipient keys, flags) group,
+        all or nothing; durable when this returns (R7.7, R7.10). Raises on failure, storing nothing."""
+
+    def stored_for(self, recipient_key: str, *, after: int = 0, limit: int | None = None) -> list[StoredMessage]:
+        """A recipient's inbox, oldest first: the messages with a server message id above ``after``,
+        at most ``limit`` of them."""
 
     def forget(self, ids: Iterable[Hashable]) -> None:
-        """Delete stored messages (by :attr:`StoredMessage.id`) once they are delivered."""
+        """Delete stored messages (by :attr:`StoredMessage.id`) once they are delivered (version 1)."""
+
+    def acknowledge(self, recipient_key: str, server_msg_id: int) -> None:
+        """Delete a recipient's messages up to ``server_msg_id`` included (version 2, R7.10)."""
+
+    def inbox_usage(self, recipient_key: str) -> tuple[int, int]:
+        """(messages, bytes of UTF-8 text) in a recipient's inbox, for its quota (R7.14)."""
+
+    def tidy(self) -> None:
+        """Deferred housekeeping (deleting acknowledged messages); the core calls it from tick."""
+
+    def commit(self) -> None:
+        """Make the writes of a batch durable (group commit; a no-op for a store that writes
+        through). Raises, keeping none of them, when it cannot."""
+
+    def rollback(self) -> None:
+        """Drop the writes of a batch."""
+
+
+def text_size(text: str) -> int:
+    """What a text costs against an inbox quota: its UTF-8 bytes (R7.14)."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 class MemoryStore:
@@ -128,19 +159,47 @@ class MemoryStore:
         self._next_id += 1
         return self._next_id - 1
 
+    def id_mark(self) -> int:
+        return self._next_id - 1
+
     def store(
         self, recipient_keys: Iterable[str], server_msg_id: int, timestamp_ms: int, sender: str, flags: int, text: str
     ) -> None:
-        for key in recipient_keys:
-            message = StoredMessage((key, server_msg_id), server_msg_id, timestamp_ms, sender, flags, text)
-            self._stored.append((key, message))
+        self.store_groups([(recipient_keys, flags)], server_msg_id, timestamp_ms, sender, text)
 
-    def stored_for(self, recipient_key: str) -> list[StoredMessage]:
-        return [message for key, message in self._stored if key == recipient_key]
+    def store_groups(
+        self, groups: Iterable[tuple[Iterable[str], int]], server_msg_id: int, timestamp_ms: int, sender: str, text: str
+    ) -> None:
+        for keys, flags in groups:
+            for key in keys:
+                message = StoredMessage((key, server_msg_id), server_msg_id, timestamp_ms, sender, flags, text)
+                self._stored.append((key, message))
+
+    def stored_for(self, recipient_key: str, *, after: int = 0, limit: int | None = None) -> list[StoredMessage]:
+        found = [m for key, m in self._stored if key == recipient_key and m.server_msg_id > after]
+        return found if limit is None else found[:limit]
 
     def forget(self, ids: Iterable[Hashable]) -> None:
         gone = set(ids)
         self._stored = [entry for entry in self._stored if entry[1].id not in gone]
+
+    def acknowledge(self, recipient_key: str, server_msg_id: int) -> None:
+        self._stored = [
+            (key, m) for key, m in self._stored if key != recipient_key or m.server_msg_id > server_msg_id
+        ]
+
+    def inbox_usage(self, recipient_key: str) -> tuple[int, int]:
+        texts = [m.text for key, m in self._stored if key == recipient_key]
+        return len(texts), sum(map(text_size, texts))
+
+    def tidy(self) -> None:
+        pass  # acknowledged messages are deleted at once
+
+    def commit(self) -> None:
+        pass  # every write is already in place
+
+    def rollback(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfachat.errors import DfachatError
-from dfachat.server.storage import Account, StoredMessage, name_key
+from dfachat.server.storage import Account, StoredMessage, name_key, text_size
 from dfachat.spec.messages import USER_NAME
 
 __all__ = [
@@ -137,6 +137,9 @@ class Store:
             raise StoreError(unusable(self.path, exc)) from None
         self._next_id = 0
         self._id_limit = 0
+        self._usage: dict[str, list[int]] = {}  # recipient key -> [messages, bytes] (R7.14)
+        self.batching = False  # see begin_batch
+        self._acked: dict[str, int] = {}  # acknowledged, not yet deleted: recipient -> newest id
         self._dummy_salt = os.urandom(16)
 
     def close(self) -> None:
@@ -220,7 +223,8 @@ class Store:
         if self._next_id >= self._id_limit:
             with self._transaction():
                 row = self._db.execute("SELECT value FROM meta WHERE key = 'msg_id_limit'").fetchone()
-                start = row[0] if row else 1
+                # never below what this run issued: a rolled-back batch may have held the last block
+                start = max(row[0] if row else 1, self._next_id)
                 self._id_limit = start + self.ID_BLOCK
                 self._db.execute(
                     "INSERT INTO meta (key, value) VALUES ('msg_id_limit', ?) "
@@ -231,47 +235,168 @@ class Store:
         self._next_id += 1
         return self._next_id - 1
 
-    # --- store and forward (R7.7) --------------------------------------------------
+    def id_mark(self) -> int:
+        """At or above every id issued, this run or before (a restart skips to a new block)."""
+        if self._next_id:
+            return self._next_id - 1
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'msg_id_limit'").fetchone()
+        return row[0] - 1 if row else 0
+
+    # --- inboxes: store and forward (R7.7), acknowledged delivery (R7.10) ----------------
     def store(
         self, recipient_keys: Iterable[str], server_msg_id: int, timestamp_ms: int, sender: str, flags: int, text: str
     ) -> None:
-        """Commit a message for offline recipients, in one transaction; returns once it is durable."""
+        self.store_groups([(recipient_keys, flags)], server_msg_id, timestamp_ms, sender, text)
+
+    def store_groups(
+        self, groups: Iterable[tuple[Iterable[str], int]], server_msg_id: int, timestamp_ms: int, sender: str, text: str
+    ) -> None:
+        """Commit one message to many inboxes in one transaction; returns once it is durable."""
+        rows = [(key, server_msg_id, timestamp_ms, sender, flags, text) for keys, flags in groups for key in keys]
+        if not rows:
+            return
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO stored (recipient_key, server_msg_id, timestamp_ms, sender, flags, text) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(key, server_msg_id, timestamp_ms, sender, flags, text) for key in recipient_keys],
+                rows,
             )
+        size = text_size(text)
+        for row in rows:
+            usage = self._usage.get(row[0])
+            if usage is not None:
+                usage[0] += 1
+                usage[1] += size
 
-    def stored_for(self, recipient_key: str) -> list[StoredMessage]:
+    def stored_for(self, recipient_key: str, *, after: int = 0, limit: int | None = None) -> list[StoredMessage]:
         rows = self._db.execute(
             "SELECT id, server_msg_id, timestamp_ms, sender, flags, text FROM stored "
-            "WHERE recipient_key = ? ORDER BY id",
-            (recipient_key,),
+            "WHERE recipient_key = ? AND server_msg_id > ? ORDER BY id LIMIT ?",
+            (recipient_key, max(after, self._acked.get(recipient_key, 0)), -1 if limit is None else limit),
         )
         return [StoredMessage(*row) for row in rows]
 
     def forget(self, ids: Iterable[int]) -> None:
-        """Delete stored messages once they are delivered."""
+        """Delete stored messages once they are delivered (version 1)."""
+        gone: list[tuple[str, int]] = []
         with self._transaction():
-            self._db.executemany("DELETE FROM stored WHERE id = ?", [(i,) for i in ids])
+            for i in ids:
+                gone += self._db.execute(
+                    "DELETE FROM stored WHERE id = ? RETURNING recipient_key, length(CAST(text AS BLOB))", (i,)
+                ).fetchall()
+        self._release(gone)
+
+    def acknowledge(self, recipient_key: str, server_msg_id: int) -> None:
+        """Forget a recipient's messages up to ``server_msg_id`` (version 2, R7.10).
+
+        At once for this process (:meth:`stored_for` skips them), on disk at the next
+        :meth:`tidy`: an acknowledgement lost to a crash only brings messages back flagged
+        REDELIVERED, which the client drops (R7.11). A statement and a commit per
+        acknowledgement cost more than the delivery itself (bench/fanout.py)."""
+        if server_msg_id > self._acked.get(recipient_key, 0):
+            self._acked[recipient_key] = server_msg_id
+
+    def tidy(self) -> None:
+        """Delete what was acknowledged since the last call: joins an open batch, or commits
+        on its own without waiting for the disk."""
+        acks, self._acked = self._acked, {}
+        if not acks:
+            return
+        if self._db.in_transaction:
+            self._release(self._delete_acknowledged(acks))
+        else:
+            self._commit_acks(acks)
+
+    def _delete_acknowledged(self, acks: dict[str, int]) -> list[tuple[str, int]]:
+        gone: list[tuple[str, int]] = []
+        for key, last in acks.items():
+            gone += self._db.execute(
+                "DELETE FROM stored WHERE recipient_key = ? AND server_msg_id <= ? "
+                "RETURNING recipient_key, length(CAST(text AS BLOB))",
+                (key, last),
+            ).fetchall()
+        return gone
+
+    def _commit_acks(self, acks: dict[str, int]) -> None:
+        """Acknowledgements alone: one transaction that does not wait for the disk."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self._delete_acknowledged(acks)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+        self._release(gone)
+
+    def _release(self, rows: Iterable[tuple[str, int]]) -> None:
+        for key, size in rows:
+            usage = self._usage.get(key)
+            if usage is not None:
+                usage[0] -= 1
+                usage[1] -= size
+
+    def inbox_usage(self, recipient_key: str) -> tuple[int, int]:
+        """(messages, bytes) in a recipient's inbox (R7.14); counted once, then kept up to date."""
+        usage = self._usage.get(recipient_key)
+        if usage is None:
+            count, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(length(CAST(text AS BLOB))), 0) FROM stored WHERE recipient_key = ?",
+                (recipient_key,),
+            ).fetchone()
+            usage = self._usage[recipient_key] = [count, size]
+        return usage[0], usage[1]
 
     def stored_count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM stored").fetchone()[0]
 
+    # --- batches: many writes, one commit (the server's group commit) ------------------
+    def begin_batch(self) -> None:
+        """From now on writes join one open transaction until :meth:`commit` (or :meth:`rollback`):
+        none of them is durable before that. The server commits once per event-loop iteration."""
+        self.batching = True
+
+    def commit(self) -> None:
+        """Make every write since the last commit durable; raises (and keeps nothing) on failure.
+        """
+        if self._db.in_transaction:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self.rollback()
+                raise
+
+    def rollback(self) -> None:
+        """Drop every write since the last commit."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._usage.clear()  # counted with the dropped writes: count again from the file
+        self._id_limit = 0  # the block reservation may have been dropped: reserve again
+
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.batching)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, batching: bool) -> None:
         self._db = db
+        self._batching = batching
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        if not (self._batching and self._db.in_transaction):
+            self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if self._batching:  # a failure fails the whole batch: the caller rolls it back
+            return
+        if kind is None:
+            self._db.execute("COMMIT")
+        elif self._db.in_transaction:  # SQLite may have rolled back already (a full disk does)
+            self._db.execute("ROLLBACK")
 
 
 def unusable(path: Path, exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""The single source of truth: protocol version 1 of dfachat.
+"""The single source of truth: protocol versions 1 and 2 of dfachat (2 is a delta on 1).
 
 * :mod:`.rules` -- the numbered rules every error and check cites;
 * :mod:`.limits` -- constants and limits;
@@ -46,6 +46,7 @@ from dfachat.spec.machine import (
     TRANSITIONS,
     StateSpec,
     build_machine,
+    transitions_of,
 )
 from dfachat.spec.messages import (
     FRAME,
@@ -98,6 +99,7 @@ __all__ = [
     "build_machine",
     "encoding_named",
     "rule_text",
+    "transitions_of",
     "validate",
 ]
 
@@ -133,6 +135,10 @@ def validate() -> None:
                     sender = role if direction == "send" else ("client" if role == "server" else "server")
                     if sender not in spec.senders:
                         problems.append(f"{role}: {trigger}: {message} is not sent by the {sender}")
+                    if t["since"] < spec.since:
+                        problems.append(f"{role}: {trigger} is a row of version {t['since']}, before {message}")
+            if t["since"] not in SUPPORTED_VERSIONS:
+                problems.append(f"{role}: {trigger} names unsupported version {t['since']}")
             sources = t["source"] if isinstance(t["source"], list) else [t["source"]]
             for state in [*sources, t["dest"]]:
                 if state is not None and state not in names:

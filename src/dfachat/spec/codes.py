@@ -20,6 +20,8 @@ __all__ = [
     "LeftReason",
     "ListFlags",
     "Outcome",
+    "SINCE",
+    "since",
 ]
 
 
@@ -41,6 +43,7 @@ class ErrorCode(IntEnum):
     RATE_LIMITED = 15
     INTERNAL_ERROR = 16
     TRUNCATED_FRAME = 17
+    STORE_FAILED = 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ ERROR_INFO: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.RATE_LIMITED: ErrorInfo(True, "R9.4", "the session sent too much, too fast"),
     ErrorCode.INTERNAL_ERROR: ErrorInfo(True, "R11.4", "the sender failed for a reason of its own"),
     ErrorCode.TRUNCATED_FRAME: ErrorInfo(True, "R2.9", "the connection ended inside a frame", sent=False),
+    ErrorCode.STORE_FAILED: ErrorInfo(False, "R7.15", "the server could not store the message; nobody received it"),
 }
 
 
@@ -79,6 +83,7 @@ class Outcome(IntEnum):
     LOSSY = 1
     QUEUED = 2
     UNKNOWN_USER = 3
+    OVER_QUOTA = 4
 
 
 class LeftReason(IntEnum):
@@ -104,6 +109,22 @@ class DeliverFlags(IntFlag):
     DIRECTED = 1
     LOSSY = 2
     STORED = 4
+    REDELIVERED = 8
+
+
+# Members added after version 1: a frame of an earlier version treats them as undefined
+# values or reserved bits (R4.6, R4.7); every other member exists since version 1.
+# Keyed by (enumeration, name): members of different enumerations compare equal as ints.
+SINCE: dict[tuple[type, str], int] = {
+    (ErrorCode, "STORE_FAILED"): 2,
+    (Outcome, "OVER_QUOTA"): 2,
+    (DeliverFlags, "REDELIVERED"): 2,
+}
+
+
+def since(member: IntEnum | IntFlag) -> int:
+    """The first protocol version that defines an enumeration member."""
+    return SINCE.get((type(member), str(member.name)), 1)
 
 
 class ErrorFlags(IntFlag):

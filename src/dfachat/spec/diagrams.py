@@ -10,11 +10,14 @@
   keeping the state) listed inside their state instead of drawn as loops.
   :func:`state_dot` is the DOT source, :func:`render_state_diagram` runs Graphviz's ``dot``
   on it; :func:`mermaid_state_diagram` is the same machine as a Mermaid ``stateDiagram-v2``,
-  which needs no native program.
+  which needs no native program. Each draws one protocol version's machine (the newest by
+  default); a row a later version added than the first carries the suffix ``(v2)`` in its
+  label, and Graphviz draws its edge in green, so one drawing shows both versions.
 * Packet diagrams: each message's payload as an RFC-style ASCII bit diagram
   (:func:`packet_diagram_text`) and all of them as one SVG table (:func:`packets_svg`),
-  both read off the construct layouts; the offsets are those of the protocol document's
-  field walk.
+  both read off the construct layouts of one version (the newest by default); the offsets
+  are those of the protocol document's field walk, and what a later version added is marked
+  ``(v2)`` (text) or green (SVG).
 * The generated docs (``dfachat docs``): :func:`write_docs` regenerates ``PROTOCOL.md`` and
   everything under ``diagrams/``; :func:`stale_docs` lists what is out of date. Graphviz's
   SVG differs between Graphviz versions, so a rendered SVG is not compared byte for byte:
@@ -44,15 +47,17 @@ from dfachat.spec.document import (
     _sizeof,
     _trigger_label,
     _walk,
+    since_label,
     transition_rows,
 )
+from dfachat.spec.limits import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from dfachat.spec.machine import (
     CLOSED_TRIGGER,
     ROLES,
     STATES,
-    TRANSITIONS,
     RuleTransition,
     build_machine,
+    transitions_of,
 )
 from dfachat.spec.messages import MessageSpec
 from dfachat.spec.types import Ident, List, Text, unwrap
@@ -105,6 +110,8 @@ _EDGE_STYLES = {
     "send": {"style": "dashed", "color": "#9a4a00", "fontcolor": "#9a4a00"},
     CLOSED_TRIGGER: {"style": "dotted", "color": "#707070", "fontcolor": "#707070"},
 }
+# A row a later version added keeps its direction's line style, in this colour.
+_NEW_ROW_COLOR = "#1b7a3a"
 # Cluster fills, given to the phases in order.
 _FILLS = ("#eef4fb", "#f3f0fa", "#eef8ee", "#f7f1ea", "#f5f5f5", "#fbf3f3")
 _PHASE_FILL = {phase: _FILLS[i % len(_FILLS)] for i, phase in enumerate(PHASES)}
@@ -115,10 +122,30 @@ def _direction(trigger: str) -> str:
     return CLOSED_TRIGGER if trigger == CLOSED_TRIGGER else trigger.partition("_")[0]
 
 
-def _label(transition: dict[str, Any]) -> str:
-    """``?MSG``, ``!AUTH_OK [has_more]``, ``closed``: the protocol document's edge label."""
+def _label(transition: dict[str, Any], since: int = SUPPORTED_VERSIONS[0]) -> str:
+    """``?MSG``, ``!AUTH_OK [has_more]``, ``closed``: the protocol document's edge label, with
+    `` (v2)`` after the label of a row a later version added (``since``)."""
     guards = {"conditions": transition.get("conditions", []), "unless": transition.get("unless", [])}
-    return _trigger_label(transition["trigger"]) + _guard_label(guards)
+    return _trigger_label(transition["trigger"]) + _guard_label(guards) + since_label(since)
+
+
+def _row_key(trigger: str, source: str, dest: str | None, conditions: Any, unless: Any) -> tuple[Any, ...]:
+    return (trigger, source, dest, tuple(conditions or ()), tuple(unless or ()))
+
+
+def _since_of(role: str) -> dict[tuple[Any, ...], int]:
+    """The version of each of ``role``'s rows, by what transitions' markup keeps of a row
+    (the machine it builds does not carry ``since``)."""
+    found: dict[tuple[Any, ...], int] = {}
+    for t in transitions_of(role, PROTOCOL_VERSION):
+        for source in t["source"] if isinstance(t["source"], list) else [t["source"]]:
+            key = _row_key(t["trigger"], source, t["dest"], t["conditions"], t["unless"])
+            found[key] = min(found.get(key, t["since"]), t["since"])
+    return found
+
+
+def _markup_since(since: dict[tuple[Any, ...], int], t: dict[str, Any]) -> int:
+    return since[_row_key(t["trigger"], t["source"], t.get("dest"), t.get("conditions"), t.get("unless"))]
 
 
 class _RuleGraphTransition(TransitionGraphSupport, RuleTransition):
@@ -127,20 +154,41 @@ class _RuleGraphTransition(TransitionGraphSupport, RuleTransition):
 
 def _spec_order(role: str) -> list[str]:
     """Every label of ``role``'s transitions, in declaration order."""
-    return list(dict.fromkeys(_label(t) for t in TRANSITIONS[role]))
+    return list(dict.fromkeys(_label(t, t["since"]) for t in transitions_of(role, PROTOCOL_VERSION)))
 
 
-def _edge_map(transitions: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[str]]]:
-    """(source, dest) -> direction -> labels, for the transitions that change the state."""
-    edges: dict[tuple[str, str], dict[str, list[str]]] = {}
+_EdgeMap = dict[tuple[str, str], dict[tuple[str, bool], list[str]]]
+
+
+def _edge_map(transitions: list[dict[str, Any]], since: dict[tuple[Any, ...], int]) -> _EdgeMap:
+    """(source, dest) -> (direction, added by a later version) -> labels, for the transitions
+    that change the state: a later version's rows get edges of their own, drawn in green."""
+    edges: _EdgeMap = {}
     for t in transitions:
         if "dest" not in t:
             continue  # internal: drawn inside the state
-        by_direction = edges.setdefault((t["source"], t["dest"]), {})
-        labels = by_direction.setdefault(_direction(t["trigger"]), [])
-        if _label(t) not in labels:
-            labels.append(_label(t))
+        version = _markup_since(since, t)
+        by_kind = edges.setdefault((t["source"], t["dest"]), {})
+        labels = by_kind.setdefault((_direction(t["trigger"]), bool(since_label(version))), [])
+        if _label(t, version) not in labels:
+            labels.append(_label(t, version))
     return edges
+
+
+def _edge_style(direction: str, new: bool) -> dict[str, str]:
+    style = dict(_EDGE_STYLES[direction])
+    if new:
+        style.update(color=_NEW_ROW_COLOR, fontcolor=_NEW_ROW_COLOR)
+    return style
+
+
+_LATER_SUFFIXES = tuple(since_label(v) for v in SUPPORTED_VERSIONS if since_label(v))
+
+
+def _node_label(label: str) -> str:
+    """A label inside a state's box (HTML), green when a later version added its row."""
+    text = html.escape(label)
+    return f'<font color="{_NEW_ROW_COLOR}">{text}</font>' if label.endswith(_LATER_SUFFIXES) else text
 
 
 class _PhaseGraph(Graph):
@@ -152,16 +200,18 @@ class _PhaseGraph(Graph):
 
     def _add_nodes(self, states: list[dict[str, Any]], container: Any) -> None:
         role = self.machine.role
+        since = _since_of(role)
         specs = {s.name: s for s in STATES[role]}
         internal: dict[str, list[str]] = {}
         transitions = self._get_elements()[1]
-        common = self._common_labels(_edge_map(transitions))
+        common = self._common_labels(_edge_map(transitions, since))
         every_label = _spec_order(role)
         for t in transitions:
             if "dest" not in t:  # an internal transition: the state does not change
                 labels = internal.setdefault(t["source"], [])
-                if _label(t) not in labels:
-                    labels.append(_label(t))
+                label = _label(t, _markup_since(since, t))
+                if label not in labels:
+                    labels.append(label)
         for labels in internal.values():
             labels.sort(key=every_label.index)
         for phase in PHASES:
@@ -178,13 +228,13 @@ class _PhaseGraph(Graph):
                     lines = [f"<b>{html.escape(name)}</b>"]
                     loops = internal.get(name, [])
                     for i in range(0, len(loops), _INTERNAL_PER_LINE):
-                        chunk = " ".join(html.escape(x) for x in loops[i : i + _INTERNAL_PER_LINE])
+                        chunk = " ".join(_node_label(x) for x in loops[i : i + _INTERNAL_PER_LINE])
                         lines.append(f'<font point-size="9">{"↺ " if i == 0 else ""}{chunk}</font>')
                     shared = common.get(name)
                     if shared:
                         ordered = [x for x in every_label if x in shared]
                         for i in range(0, len(ordered), _INTERNAL_PER_LINE):
-                            chunk = " ".join(html.escape(x) for x in ordered[i : i + _INTERNAL_PER_LINE])
+                            chunk = " ".join(_node_label(x) for x in ordered[i : i + _INTERNAL_PER_LINE])
                             lines.append(f'<font point-size="9">{"◆ " if i == 0 else ""}{chunk}</font>')
                     attrs = {"peripheries": "2"} if spec.terminal else {}
                     if spec.initial:
@@ -197,22 +247,22 @@ class _PhaseGraph(Graph):
                 container.edge(start, s.name, label="", style="solid", color="black")
 
     def _add_edges(self, transitions: list[dict[str, Any]], container: Any) -> None:
-        edges = _edge_map(transitions)
+        edges = _edge_map(transitions, _since_of(self.machine.role))
         common = self._common_labels(edges)
-        for (source, dest), by_direction in edges.items():
+        for (source, dest), by_kind in edges.items():
             shared = common.get(dest)
-            every = {label for labels in by_direction.values() for label in labels}
+            every = {label for labels in by_kind.values() for label in labels}
             if shared is not None and shared <= every:
                 # Most states reach this terminal state on the same labels: one unlabelled
                 # edge each, the labels written once in the terminal state (see _terminal_note).
-                extra = [label for labels in by_direction.values() for label in labels if label not in shared]
+                extra = [label for labels in by_kind.values() for label in labels if label not in shared]
                 text = "\\n".join([*extra, "+ ◆"]) if extra else ""
                 container.edge(source, dest, label=text, **_EDGE_STYLES[CLOSED_TRIGGER])
                 continue
-            for direction, labels in by_direction.items():
-                container.edge(source, dest, label="\\n".join(labels), **_EDGE_STYLES[direction])
+            for (direction, new), labels in by_kind.items():
+                container.edge(source, dest, label="\\n".join(labels), **_edge_style(direction, new))
 
-    def _common_labels(self, edges: dict[tuple[str, str], dict[str, list[str]]]) -> dict[str, frozenset[str]]:
+    def _common_labels(self, edges: _EdgeMap) -> dict[str, frozenset[str]]:
         """Per terminal state, the label set most of its incoming edges carry (3 or more)."""
         terminal = {s.name for s in STATES[self.machine.role] if s.terminal}
         found: dict[str, frozenset[str]] = {}
@@ -232,29 +282,43 @@ class _SpecGraphMachine(GraphMachine):
 
     transition_cls = _RuleGraphTransition
 
-    def __init__(self, *args: Any, role: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, role: str, version: int, **kwargs: Any) -> None:
         self.role = role
+        self.version = version
         super().__init__(*args, graph_engine="graphviz", show_conditions=True, **kwargs)
 
     def _init_graphviz_engine(self, graph_engine: str) -> type:
         return _PhaseGraph
 
 
-def graph_machine(role: str) -> GraphMachine:
-    """``role``'s machine as a transitions ``GraphMachine`` (the graphviz engine), no model."""
+def _check_version(version: int) -> None:
+    if version not in SUPPORTED_VERSIONS:
+        raise DfachatError(
+            f"protocol version {version} is not one of {', '.join(map(str, SUPPORTED_VERSIONS))}"
+        )
+
+
+def graph_machine(role: str, version: int = PROTOCOL_VERSION) -> GraphMachine:
+    """``role``'s machine in protocol ``version`` as a transitions ``GraphMachine`` (the
+    graphviz engine), no model."""
+    _check_version(version)
+
     def make(**kwargs: Any) -> GraphMachine:
-        return _SpecGraphMachine(role=role, title=f"dfachat {role} state machine", **kwargs)
+        title = f"dfachat {role} state machine, protocol version {version}"
+        return _SpecGraphMachine(role=role, version=version, title=title, **kwargs)
 
-    return build_machine(role, machine_cls=make)  # type: ignore[arg-type]
+    return build_machine(role, version=version, machine_cls=make)  # type: ignore[arg-type]
 
 
-def _graph(role: str) -> Any:
-    machine = graph_machine(role)
+def _graph(role: str, version: int = PROTOCOL_VERSION) -> Any:
+    machine = graph_machine(role, version)
     graph = machine.graph_cls(machine).get_graph()
+    later = [v for v in SUPPORTED_VERSIONS if since_label(v) and v <= version]
     graph.graph_attr["label"] = (
         f"{machine.title}\\n?M receives M (solid), !M sends M (dashed), "
-        f"{CLOSED_TRIGGER}: the transport ended (dotted), [guards]\\n"
-        "↺ transitions that keep the state; ◆ the labels of the unlabelled edges into a state"
+        f"{CLOSED_TRIGGER}: the transport ended (dotted), [guards]"
+        + "".join(f";{since_label(v)} a row version {v} added (green)" for v in later)
+        + "\\n↺ transitions that keep the state; ◆ the labels of the unlabelled edges into a state"
     )
     graph.graph_attr.update(
         rankdir="TB", fontname="Helvetica", nodesep="0.35", ranksep="0.45", labelloc="t",
@@ -265,9 +329,10 @@ def _graph(role: str) -> Any:
     return graph
 
 
-def state_dot(role: str) -> str:
-    """The DOT source of ``role``'s state diagram (deterministic: the spec's order)."""
-    return str(_graph(role).source)
+def state_dot(role: str, version: int = PROTOCOL_VERSION) -> str:
+    """The DOT source of ``role``'s state diagram in ``version`` (deterministic: the spec's
+    order)."""
+    return str(_graph(role, version).source)
 
 
 def render_dot(source: str, fmt: str) -> bytes:
@@ -282,18 +347,20 @@ def render_dot(source: str, fmt: str) -> bytes:
         raise GraphvizMissing() from None
 
 
-def render_state_diagram(role: str, fmt: str) -> bytes:
-    """``role``'s state diagram as ``fmt``: svg, png, pdf (through ``dot``), dot or mermaid."""
+def render_state_diagram(role: str, fmt: str, version: int = PROTOCOL_VERSION) -> bytes:
+    """``role``'s state diagram in protocol ``version`` as ``fmt``: svg, png, pdf (through
+    ``dot``), dot or mermaid."""
     if fmt == "dot":
-        return state_dot(role).encode("utf-8")
+        return state_dot(role, version).encode("utf-8")
     if fmt == "mermaid":
-        return mermaid_state_diagram(role, detailed=True).encode("utf-8")
+        return mermaid_state_diagram(role, detailed=True, version=version).encode("utf-8")
     if fmt not in GRAPHVIZ_FORMATS:
         raise ValueError(f"state diagrams are svg, png, pdf, dot or mermaid, not {fmt!r}")
+    _check_version(version)
     if shutil.which("dot") is None:
         raise GraphvizMissing()
     try:
-        return bytes(_graph(role).draw(None, format=fmt, prog="dot"))  # transitions' own draw
+        return bytes(_graph(role, version).draw(None, format=fmt, prog="dot"))  # transitions' own draw
     except graphviz.ExecutableNotFound:  # PATH changed between the check and the run
         raise GraphvizMissing() from None
 
@@ -301,21 +368,23 @@ def render_state_diagram(role: str, fmt: str) -> bytes:
 # --- Mermaid --------------------------------------------------------------------------------
 
 
-def mermaid_state_diagram(role: str, *, detailed: bool = False) -> str:
-    """``role``'s machine as a Mermaid ``stateDiagram-v2`` (no fences).
+def mermaid_state_diagram(role: str, *, detailed: bool = False, version: int = PROTOCOL_VERSION) -> str:
+    """``role``'s machine in protocol ``version`` as a Mermaid ``stateDiagram-v2`` (no fences).
 
     Plain: one line per (source, destination) with every label, the initial and terminal
     states; the protocol document embeds this. ``detailed`` adds a class per phase (Mermaid
     cannot draw transitions across composite states, so phases are colours) and a note on
     each state listing its internal transitions, so every row of the table is in the text.
+    A row a later version added has the suffix `` (v2)``.
     """
+    _check_version(version)
     lines = ["stateDiagram-v2"]
     initial = next(s.name for s in STATES[role] if s.initial)
     lines.append(f"    [*] --> {initial}")
     edges: dict[tuple[str, str], list[str]] = {}
     internal: dict[str, list[str]] = {}
-    for source, t in transition_rows(role):
-        label = _trigger_label(t["trigger"]) + _guard_label(t)
+    for source, t in transition_rows(role, version):
+        label = _trigger_label(t["trigger"]) + _guard_label(t) + since_label(t["since"])
         if t["dest"] is None:
             loops = internal.setdefault(source, [])
             if label not in loops:
@@ -356,9 +425,15 @@ class PacketField:
     wire: str
 
 
-def packet_fields(spec: MessageSpec) -> list[PacketField]:
-    """Every field of ``spec``'s payload, list items (``[i]``) included."""
-    return [PacketField(f.path, f.offset, f.size, f.wire) for f in _walk(spec.layout)]
+def packet_fields(spec: MessageSpec, version: int = PROTOCOL_VERSION) -> list[PacketField]:
+    """Every field of ``spec``'s payload in a frame of ``version``, list items (``[i]``)
+    included."""
+    return [PacketField(f.path, f.offset, f.size, f.wire) for f in _walk(spec.layout_for(version))]
+
+
+def _field_marks(spec: MessageSpec) -> dict[str, str]:
+    """Field name -> `` (v2)`` for the fields a version later than the message's added."""
+    return {name: since_label(v) for name, v in spec.added if v > spec.since and since_label(v)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,25 +446,28 @@ class _Cell:
         return self.label if len(self.label) <= width or not self.short else self.short
 
 
-def _cells(layout: Struct) -> Iterator[_Cell]:
-    """The boxes of a layout: fixed integers, length/count prefixes, then variable bodies."""
+def _cells(layout: Struct, marks: dict[str, str] | None = None) -> Iterator[_Cell]:
+    """The boxes of a layout: fixed integers, length/count prefixes, then variable bodies;
+    ``marks`` (field name -> suffix) labels the fields a later version added."""
+    marks = marks or {}
     for sub in layout.subcons:
         con = unwrap(sub)
         name = sub.name
+        mark = marks.get(name, "")
         fixed = _sizeof(con)
         if fixed is not None and not isinstance(con, (Ident, Text, List)):
-            yield _Cell(name, 8 * fixed)
+            yield _Cell(name + mark, 8 * fixed, name if mark else "")
         elif isinstance(con, Ident):
-            yield _Cell(f"{name} len", 8 * con.length_field.sizeof(), "len")
-            yield _Cell(f"{name}: len ASCII bytes ({con.kind})", None)
+            yield _Cell(f"{name} len{mark}", 8 * con.length_field.sizeof(), "len")
+            yield _Cell(f"{name}: len ASCII bytes ({con.kind}){mark}", None)
         elif isinstance(con, Text):
-            yield _Cell(f"{name} len", 8 * con.subcon.lengthfield.sizeof(), "len")
-            yield _Cell(f"{name}: len bytes of TEXT in the session's encoding", None)
+            yield _Cell(f"{name} len{mark}", 8 * con.subcon.lengthfield.sizeof(), "len")
+            yield _Cell(f"{name}: len bytes of TEXT in the session's encoding{mark}", None)
         elif isinstance(con, List):
             item = unwrap(con.item)
             what = f"{con.item.name} records" if con.record is not None else _item_kind(item)
-            yield _Cell(f"{name} count", 8 * con.count_field.sizeof(), "count")
-            yield _Cell(f"{name}: count x {what}", None)
+            yield _Cell(f"{name} count{mark}", 8 * con.count_field.sizeof(), "count")
+            yield _Cell(f"{name}: count x {what}{mark}", None)
         else:
             raise TypeError(f"no packet diagram for {name}: {con!r}")
 
@@ -462,16 +540,18 @@ def _bit_diagram(cells: Iterable[_Cell]) -> list[str]:
     return out
 
 
-def packet_diagram_text(spec: MessageSpec, *, fields: bool = True) -> str:
-    """``spec``'s payload as an RFC-style ASCII diagram; with ``fields``, a heading and the
-    list of every field with its offset and size under it."""
-    lines = [f"{spec.name} (type 0x{spec.code:02X}) payload"] if fields else []
-    cells = list(_cells(spec.layout))
+def packet_diagram_text(spec: MessageSpec, *, fields: bool = True, version: int = PROTOCOL_VERSION) -> str:
+    """``spec``'s payload in a frame of ``version`` as an RFC-style ASCII diagram; with
+    ``fields``, a heading and the list of every field with its offset and size under it. A
+    message or field a later version added has the suffix `` (v2)``."""
+    layout = spec.layout_for(version)
+    lines = [f"{spec.name} (type 0x{spec.code:02X}) payload{since_label(spec.since)}"] if fields else []
+    cells = list(_cells(layout, _field_marks(spec)))
     if not cells:
         lines.append("  (empty: length 0)")
         return "\n".join(lines) + "\n"
     lines += _bit_diagram(cells)
-    for sub in spec.layout.subcons:
+    for sub in layout.subcons:
         con = unwrap(sub)
         if isinstance(con, List) and con.record is not None:
             lines.append("")
@@ -479,22 +559,33 @@ def packet_diagram_text(spec: MessageSpec, *, fields: bool = True) -> str:
             lines += _bit_diagram(_cells(con.record))
     if not fields:
         return "\n".join(lines) + "\n"
-    rows = [("field", "offset", "size")] + [(f.path, f.offset, f.size) for f in packet_fields(spec)]
+    rows = [("field", "offset", "size")] + [(f.path, f.offset, f.size) for f in packet_fields(spec, version)]
     widths = [max(len(r[k]) for r in rows) for k in range(2)]
     lines.append("")
     lines += [f"{p:<{widths[0]}}  {o:<{widths[1]}}  {z}" for p, o, z in rows]
     return "\n".join(lines) + "\n"
 
 
-def packet_diagrams_text() -> str:
-    """Every message's payload diagram, by type code."""
+def _later_versions(version: int) -> list[int]:
+    """The versions up to ``version`` whose additions the diagrams mark."""
+    return [v for v in SUPPORTED_VERSIONS if since_label(v) and v <= version]
+
+
+def packet_diagrams_text(version: int = PROTOCOL_VERSION) -> str:
+    """Every message's payload diagram in a frame of ``version``, by type code."""
+    _check_version(version)
     head = (
-        "Payload layouts (after the frame header), generated from the construct schemas.\n"
-        "Bits are numbered from the most significant bit of the first byte; integers are\n"
-        "big-endian. Offsets are bytes from the start of the payload; after a field of\n"
-        "variable size they are relative to its end. `[i]` rows describe one list item.\n"
+        f"Payload layouts of protocol version {version} (after the frame header), generated\n"
+        "from the construct schemas. Bits are numbered from the most significant bit of the\n"
+        "first byte; integers are big-endian. Offsets are bytes from the start of the payload;\n"
+        "after a field of variable size they are relative to its end. `[i]` rows describe one\n"
+        "list item."
+        + "".join(f"\n`{since_label(v).strip()}` marks a message or field version {v} added." for v in _later_versions(version))
+        + "\n"
     )
-    return head + "".join("\n" + packet_diagram_text(spec) for spec in _messages())
+    return head + "".join(
+        "\n" + packet_diagram_text(spec, version=version) for spec in _messages() if spec.in_version(version)
+    )
 
 
 # SVG: one table row per message, a box per field, byte widths to scale for fixed fields.
@@ -512,14 +603,27 @@ def _svg_text(x: float, y: float, text: str, **attrs: str) -> str:
     return f'<text x="{x:g}" y="{y:g}"{extra}>{html.escape(text)}</text>'
 
 
-def packets_svg() -> str:
-    """Every message's payload as an SVG table: one row per message, one box per field
-    (fixed fields to scale where their names fit, variable ones dashed), offsets above."""
+_NEW_FILL = "#e6f4ea"  # the boxes of fields a later version added
+
+
+def packets_svg(version: int = PROTOCOL_VERSION) -> str:
+    """Every message's payload in a frame of ``version`` as an SVG table: one row per
+    message, one box per field (fixed fields to scale where their names fit, variable ones
+    dashed), offsets above; what a later version added is green and marked ``(v2)``."""
+    _check_version(version)
     # (path, fixed size or None, offset text, size text) per top-level field; list items are
     # inside their list's box (the text diagram draws them)
     rows: list[tuple[MessageSpec, list[tuple[str, int | None, str, str]]]] = [
-        (spec, [(f.path, _sizeof(f.con), f.offset, f.size) for f in _walk(spec.layout) if "[i]" not in f.path])
+        (
+            spec,
+            [
+                (f.path, _sizeof(f.con), f.offset, f.size)
+                for f in _walk(spec.layout_for(version))
+                if "[i]" not in f.path
+            ],
+        )
         for spec in _messages()
+        if spec.in_version(version)
     ]
 
     def width(path: str, size: int | None) -> int:
@@ -536,28 +640,38 @@ def packets_svg() -> str:
         f'<rect x="0" y="0" width="{total_w}" height="{total_h}" fill="white"/>',
         _svg_text(
             _PAD, _PAD + 12,
-            "Payload layouts: offsets in bytes from the payload start (after a variable field, "
-            "relative to its end); dashed boxes have a variable size",
+            f"Payload layouts of protocol version {version}: offsets in bytes from the payload "
+            "start (after a variable field, relative to its end); dashed boxes have a variable size"
+            + "".join(f"; green,{since_label(v)}: added in version {v}" for v in _later_versions(version)),
             font_size="12",
         ),
     ]
     y = _PAD + 24 + _ROW_GAP - 8
     for spec, boxes in rows:
+        marks = _field_marks(spec)
         out.append(f'<g id="msg-{spec.name}">')
         out.append(_svg_text(_PAD, y + _BOX_H / 2 + 4, f"0x{spec.code:02X} {spec.name}", font_weight="bold"))
+        if since_label(spec.since):
+            out.append(
+                _svg_text(_PAD, y + _BOX_H / 2 + 16, since_label(spec.since).strip(), fill=_NEW_ROW_COLOR, font_size="9")
+            )
         x = _PAD + _NAME_W
         if not boxes:
             out.append(_svg_text(x, y + _BOX_H / 2 + 4, "(empty payload)", fill="#707070"))
         for path, size, offset, size_text in boxes:
             w = width(path, size)
             dash = ' stroke-dasharray="4 3"' if size is None else ""
+            fill, stroke = (_NEW_FILL, _NEW_ROW_COLOR) if path in marks else ("#f4f7fb", "#333")
             out.append(
-                f'<rect x="{x}" y="{y}" width="{w}" height="{_BOX_H}" fill="#f4f7fb" '
-                f'stroke="#333"{dash}/>'
+                f'<rect x="{x}" y="{y}" width="{w}" height="{_BOX_H}" fill="{fill}" '
+                f'stroke="{stroke}"{dash}/>'
             )
             out.append(_svg_text(x + w / 2, y + 15, path, text_anchor="middle"))
             out.append(
-                _svg_text(x + w / 2, y + 28, f"{size_text} B", text_anchor="middle", fill="#555", font_size="9")
+                _svg_text(
+                    x + w / 2, y + 28, f"{size_text} B{marks.get(path, '')}",
+                    text_anchor="middle", fill="#555", font_size="9",
+                )
             )
             out.append(_svg_text(x + 2, y - 3, offset, fill="#1f4e9a", font_size="9"))
             x += w
@@ -603,6 +717,13 @@ def _diagrams_readme() -> str:
         "charts, by running the real engines through named scenarios. Do not edit: change the "
         "declaration and run `dfachat docs`; `dfachat docs --check` (and the test suite) fails "
         "when a file here is stale.",
+        "",
+        f"Every drawing shows protocol version {PROTOCOL_VERSION}, the newest"
+        + "".join(
+            f"; what version {v} added is marked `{since_label(v).strip()}` (and drawn green)"
+            for v in _later_versions(PROTOCOL_VERSION)
+        )
+        + ". `dfachat diagram --protocol-version N` draws version N alone.",
         "",
         "| File | What |",
         "|---|---|",

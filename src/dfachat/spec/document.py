@@ -10,6 +10,13 @@ built by construct from the same layouts, so they are what the oracle codec
 sends. The committed ``docs/PROTOCOL.md`` is this function's output, and a
 test fails when the two differ.
 
+The document covers every supported version. What a later version adds (a
+rule's, message's or transition's ``since``, a field of ``MessageSpec.added``,
+an enumeration member of :data:`~dfachat.spec.codes.SINCE`, and the limits,
+guards and actions only those use) is marked *(version N)* where it is
+specified, and :func:`version_delta` lists it again, as the "Differences"
+section: both read the same declarations, so neither is written by hand.
+
 :func:`protocol_summary` is the same material as one JSON-ready dict
 (``dfachat spec --json``).
 """
@@ -38,20 +45,41 @@ from construct import (
     Struct,
 )
 
-from dfachat.spec.codes import ERROR_INFO, ErrorCode
+from dfachat.spec.codes import ERROR_INFO, SINCE, ErrorCode, since
 from dfachat.spec.encodings import ENCODINGS, REPLACEMENT
 from dfachat.spec.limits import DEFAULT_PORT, LIMITS, MAGIC, PROTOCOL_VERSION, SUPPORTED_VERSIONS
-from dfachat.spec.machine import ACTIONS, CLOSED_TRIGGER, GUARDS, ROLES, STATES, TRANSITIONS
-from dfachat.spec.messages import FRAME, FRAME_OVERHEAD, HEADER, MESSAGES, MessageSpec
-from dfachat.spec.rules import RULES, SECTIONS, rule_text
+from dfachat.spec.machine import (
+    ACTIONS,
+    CLOSED_TRIGGER,
+    GUARDS,
+    ROLES,
+    STATES,
+    TRANSITIONS,
+    transitions_of,
+)
+from dfachat.spec.messages import (
+    FRAME,
+    FRAME_OVERHEAD,
+    HEADER,
+    MESSAGES,
+    MESSAGES_BY_NAME,
+    MessageSpec,
+)
+from dfachat.spec.rules import RULES, SECTIONS, Rule, rule_text
 from dfachat.spec.types import Code, Flags, Ident, List, Text, unwrap
 
 __all__ = [
+    "VersionDelta",
     "example_frames",
     "example_values",
+    "example_versions",
+    "limit_since",
     "protocol_summary",
     "render_protocol_markdown",
+    "since_label",
+    "since_mark",
     "transition_rows",
+    "version_delta",
 ]
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -139,6 +167,109 @@ def _one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
+def _and(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else "".join(items)
+
+
+# --- versions: what each one adds ------------------------------------------------------
+
+_FIRST_VERSION = SUPPORTED_VERSIONS[0]
+
+
+def since_mark(version: int) -> str:
+    """The document's mark for something ``version`` added: ``*(version 2)*``; empty for what
+    the first version already has (unmarked means: in every version)."""
+    return f"*(version {version})*" if version > _FIRST_VERSION else ""
+
+
+def _marked(text: str, version: int, base: int = _FIRST_VERSION) -> str:
+    """``text`` marked with ``version`` when that is later than ``base``, the version of what
+    it belongs to (a field of a message version 2 added needs no mark of its own)."""
+    mark = since_mark(version) if version > base else ""
+    return f"{text} {mark}" if mark else text
+
+
+def limit_since(name: str) -> int:
+    """The first version with a rule or field that uses limit ``name``: the rules that state
+    it, the fields that announce it (named after it) and the fields it bounds."""
+    users = [r.since for r in RULES.values() if name in _PLACEHOLDER.findall(r.text)]
+    for spec in MESSAGES:
+        for sub in spec.layout.subcons:
+            con = unwrap(sub)
+            bounded = isinstance(con, (Text, List)) and con.max_limit == name
+            if sub.name == name or bounded:
+                users.append(spec.field_since(sub.name))
+    return min(users, default=_FIRST_VERSION)
+
+
+def _row_since(role: str) -> dict[tuple[str, str], int]:
+    """(state, trigger) -> the first version with a row for that trigger in that state."""
+    found: dict[tuple[str, str], int] = {}
+    for t in TRANSITIONS[role]:
+        for state in _sources(t):
+            key = (state, t["trigger"])
+            found[key] = min(found.get(key, t["since"]), t["since"])
+    return found
+
+
+def _uses_since(kind: str, name: str) -> int:
+    """The first version with a row using guard or action ``name`` (``kind``: conditions and
+    unless, or after); the first version when no row uses it."""
+    keys = ("conditions", "unless") if kind == "guard" else ("after",)
+    versions = [
+        t["since"] for rows in TRANSITIONS.values() for t in rows if any(name in t[k] for k in keys)
+    ]
+    return min(versions, default=_FIRST_VERSION)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDelta:
+    """Everything ``version`` adds to the version before it, read off the declarations."""
+
+    version: int
+    previous: int
+    messages: tuple[MessageSpec, ...]
+    fields: tuple[
+        tuple[MessageSpec, str], ...
+    ]  # (message, field) added to a message that was there
+    members: tuple[IntEnum | IntFlag, ...]
+    limits: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    rows: tuple[tuple[str, str, dict[str, Any]], ...]  # (role, source state, transition)
+    guards: tuple[str, ...]
+    actions: tuple[str, ...]
+
+
+def version_delta(version: int) -> VersionDelta:
+    """What ``version`` adds to the supported version before it (a later version only adds)."""
+    index = SUPPORTED_VERSIONS.index(version)
+    if index == 0:
+        raise ValueError(f"version {version} is the first: it has nothing to differ from")
+    members = [getattr(enum, name) for (enum, name), v in SINCE.items() if v == version]
+    return VersionDelta(
+        version=version,
+        previous=SUPPORTED_VERSIONS[index - 1],
+        messages=tuple(m for m in _messages() if m.since == version),
+        fields=tuple(
+            (m, name)
+            for m in _messages()
+            for name, v in m.added
+            if v == version and m.since < version
+        ),
+        members=tuple(members),
+        limits=tuple(name for name in LIMITS.as_dict() if limit_since(name) == version),
+        rules=tuple(r for r in RULES.values() if r.since == version),
+        rows=tuple(
+            (role, source, t)
+            for role in ROLES
+            for source, t in transition_rows(role, version)
+            if t["since"] == version
+        ),
+        guards=tuple(g for g in GUARDS if _uses_since("guard", g) == version),
+        actions=tuple(a for a in ACTIONS if _uses_since("action", a) == version),
+    )
+
+
 # --- the field walk -------------------------------------------------------------
 
 
@@ -156,8 +287,8 @@ class _Field:
 
 def _values_text(enum: type[IntEnum] | type[IntFlag]) -> str:
     if issubclass(enum, IntFlag):
-        return ", ".join(f"0x{int(m):02X} {m.name}" for m in enum)
-    return ", ".join(f"{int(m)} {m.name}" for m in enum)
+        return ", ".join(_marked(f"0x{int(m):02X} {m.name}", since(m)) for m in enum)
+    return ", ".join(_marked(f"{int(m)} {m.name}", since(m)) for m in enum)
 
 
 def _enum_anchor(enum: type) -> str:
@@ -278,7 +409,9 @@ _SAMPLE_TEXT = "hi"
 _SAMPLE_LIST_NAME = "bob"
 
 
-def _sample(name: str, sub: Construct, values: dict[str, Any], in_list: bool = False) -> Any:
+def _sample(
+    name: str, sub: Construct, values: dict[str, Any], version: int, in_list: bool = False
+) -> Any:
     con = unwrap(sub)
     codes = [v for v in values.values() if isinstance(v, ErrorCode)]
     if isinstance(con, Code):
@@ -286,7 +419,8 @@ def _sample(name: str, sub: Construct, values: dict[str, Any], in_list: bool = F
     if isinstance(con, Flags):
         return next(iter(con.flags))
     if isinstance(con, FormatField):
-        return int(getattr(LIMITS, name, 1))
+        # a field named after a limit announces it; a `version` field names the frame's own
+        return version if name == "version" else int(getattr(LIMITS, name, 1))
     if isinstance(con, Ident):
         if con.description == "user name" and in_list:
             candidate = _SAMPLE_LIST_NAME
@@ -302,33 +436,59 @@ def _sample(name: str, sub: Construct, values: dict[str, Any], in_list: bool = F
     if isinstance(con, Text):
         return _SAMPLE_TEXT
     if isinstance(con, List):
+        if name == "versions":  # what a client of this package offers (R5.1)
+            return list(SUPPORTED_VERSIONS)[: max(con.max_items, 1)]
         count = max(con.min_items, 1)
         if con.record is not None:
-            item = {s.name: _sample(s.name, s, {}, in_list=True) for s in con.record.subcons}
+            item = {
+                s.name: _sample(s.name, s, {}, version, in_list=True) for s in con.record.subcons
+            }
             return [item] * count
-        return [_sample(name, con.item, {}, in_list=True)] * count
+        return [_sample(name, con.item, {}, version, in_list=True)] * count
     raise TypeError(f"no example value for {con!r}")
 
 
-def example_values(spec: MessageSpec) -> dict[str, Any]:
-    """Simple valid field values for ``spec``, derived from its field types."""
+def example_values(spec: MessageSpec, version: int | None = None) -> dict[str, Any]:
+    """Simple valid field values for ``spec`` in a frame of ``version`` (default: the first
+    version with the message), derived from its field types."""
+    version = spec.since if version is None else version
     values: dict[str, Any] = {}
-    for sub in spec.layout.subcons:
-        values[sub.name] = _sample(sub.name, sub, values)
+    for sub in spec.layout_for(version).subcons:
+        values[sub.name] = _sample(sub.name, sub, values, version)
     return values
+
+
+def _field_names(spec: MessageSpec, version: int) -> list[str]:
+    return [sub.name for sub in spec.layout_for(version).subcons]
+
+
+def example_versions(spec: MessageSpec) -> list[int]:
+    """The versions ``spec`` gets an example frame in: the first version with the message,
+    then each version whose frames carry other fields (the others differ only in header
+    byte 2 and the checksum)."""
+    versions: list[int] = []
+    for v in SUPPORTED_VERSIONS:
+        if spec.in_version(v) and (
+            not versions or _field_names(spec, v) != _field_names(spec, versions[-1])
+        ):
+            versions.append(v)
+    return versions
 
 
 def example_frames(
     encoding: str = next(iter(ENCODINGS)),
-) -> dict[str, tuple[dict[str, Any], bytes]]:
-    """Per message name: example values and the frame construct builds from the spec's schemas."""
+) -> dict[tuple[str, int], tuple[dict[str, Any], bytes]]:
+    """Per (message name, version) of :func:`example_versions`: example values and the frame
+    construct builds from the spec's schemas for a frame of that version."""
     codec = ENCODINGS[encoding].codec
-    frames: dict[str, tuple[dict[str, Any], bytes]] = {}
+    frames: dict[tuple[str, int], tuple[dict[str, Any], bytes]] = {}
     for spec in _messages():
-        values = example_values(spec)
-        payload = spec.layout.build(values, encoding=codec)
-        header = {"version": PROTOCOL_VERSION, "type": spec.code, "length": len(payload)}
-        frames[spec.name] = (values, FRAME.build({"header": {"value": header}, "payload": payload}))
+        for version in example_versions(spec):
+            values = example_values(spec, version)
+            payload = spec.layout_for(version).build(values, encoding=codec)
+            header = {"version": version, "type": spec.code, "length": len(payload)}
+            frame = FRAME.build({"header": {"value": header}, "payload": payload})
+            frames[(spec.name, version)] = (values, frame)
     return frames
 
 
@@ -354,15 +514,15 @@ def _sources(transition: dict[str, Any]) -> list[str]:
     return list(source) if isinstance(source, list) else [source]
 
 
-def transition_rows(role: str) -> list[tuple[str, dict[str, Any]]]:
-    """(source state, transition) for every transition of ``role``, one per source state,
-
-    grouped by source in the order of :data:`STATES`, in declaration order within a state
-    (the order guards are tried in).
+def transition_rows(role: str, version: int = PROTOCOL_VERSION) -> list[tuple[str, dict[str, Any]]]:
+    """(source state, transition) for every transition of ``role`` in ``version``, one per
+    source state, grouped by source in the order of :data:`STATES`, in declaration order
+    within a state (the order guards are tried in).
     """
     rows = []
+    transitions = transitions_of(role, version)
     for state in STATES[role]:
-        rows += [(state.name, t) for t in TRANSITIONS[role] if state.name in _sources(t)]
+        rows += [(state.name, t) for t in transitions if state.name in _sources(t)]
     return rows
 
 
@@ -394,6 +554,11 @@ def _guard_label(transition: dict[str, Any]) -> str:
     return f" [{', '.join(parts)}]" if parts else ""
 
 
+def since_label(version: int) -> str:
+    """The diagrams' suffix for a row ``version`` added, `` (v2)``; empty for the first version's."""
+    return f" (v{version})" if version > _FIRST_VERSION else ""
+
+
 def _received(role: str) -> set[str]:
     return {
         t["trigger"].partition("_")[2]
@@ -410,9 +575,15 @@ def _sent(role: str) -> set[str]:
     }
 
 
-def _states_where(role: str, trigger: str) -> list[str]:
-    found = {s for t in TRANSITIONS[role] if t["trigger"] == trigger for s in _sources(t)}
-    return [s.name for s in STATES[role] if s.name in found]
+def _states_where(role: str, trigger: str, base: int = _FIRST_VERSION) -> list[str]:
+    """The states with a row for ``trigger``, each marked with the version that gave it one
+    when that is later than ``base``."""
+    first = _row_since(role)
+    return [
+        _marked(f"`{s.name}`", first[(s.name, trigger)], base)
+        for s in STATES[role]
+        if (s.name, trigger) in first
+    ]
 
 
 def _mermaid(role: str) -> list[str]:
@@ -519,7 +690,7 @@ def _frame_section(doc: _Doc) -> None:
         *_table(
             ["Constant", "Value"],
             [
-                ("Protocol version", PROTOCOL_VERSION),
+                ("Newest protocol version", PROTOCOL_VERSION),
                 ("Versions this document covers", ", ".join(map(str, SUPPORTED_VERSIONS))),
                 ("Magic bytes", f'`{_hex(MAGIC)}` (ASCII "{MAGIC.decode("ascii")}")'),
                 ("Default TCP port", DEFAULT_PORT),
@@ -665,18 +836,34 @@ def _enums_section(doc: _Doc) -> None:
             + "."
         )
         if enum in flags:
-            mask = 0
-            for member in enum:
-                mask |= int(member)
-            reserved = ((1 << (8 * widths[enum])) - 1) & ~mask
+            digits = 2 * widths[enum]
+
+            def reserved(version: int, enum: type = enum, digits: int = digits) -> str:
+                # the bits a frame of ``version`` may not set: those no member of it defines
+                mask = 0
+                for member in enum:
+                    if since(member) <= version:
+                        mask |= int(member)
+                return f"0x{((1 << (4 * digits)) - 1) & ~mask:0{digits}X}"
+
+            earlier = [
+                f"{reserved(v)} in version {v}"
+                for v in SUPPORTED_VERSIONS[:-1]
+                if reserved(v) != reserved(PROTOCOL_VERSION)
+            ]
             doc.para(
-                *_table(["Bit", "Name"], [(f"0x{int(m):02X}", m.name) for m in enum]),
+                *_table(
+                    ["Bit", "Name"], [(f"0x{int(m):02X}", _marked(m.name, since(m))) for m in enum]
+                ),
                 "",
-                f"Reserved bits (mask 0x{reserved:0{2 * widths[enum]}X}) are zero "
-                f"({_rule_link('R4.7')}).",
+                f"Reserved bits (mask {reserved(PROTOCOL_VERSION)}"
+                + "".join(f"; {e}" for e in earlier)
+                + f") are zero ({_rule_link('R4.7')}).",
             )
         else:
-            doc.para(*_table(["Value", "Name"], [(int(m), m.name) for m in enum]))
+            doc.para(
+                *_table(["Value", "Name"], [(int(m), _marked(m.name, since(m))) for m in enum])
+            )
 
 
 def _limits_section(doc: _Doc) -> None:
@@ -697,7 +884,7 @@ def _limits_section(doc: _Doc) -> None:
         ]
         rows.append(
             (
-                f"`{name}`",
+                _marked(f"`{name}`", limit_since(name)),
                 value,
                 ", ".join(_rule_link(r) for r in cited) or "—",
                 ", ".join(bounded.get(name, [])) or "—",
@@ -706,7 +893,8 @@ def _limits_section(doc: _Doc) -> None:
         )
     doc.para(
         "Every limit, with its default value, the rules that state it, the fields it bounds and "
-        "the fields that announce it. Names ending in `_ms` are milliseconds, `_s` seconds."
+        "the fields that announce it. Names ending in `_ms` are milliseconds, `_s` seconds. A "
+        "limit marked with a version is used by that version's rules and fields only."
     )
     doc.para(*_table(["Limit", "Default", "Rules", "Bounds", "Announced in"], rows))
 
@@ -717,12 +905,13 @@ def _errors_section(doc: _Doc) -> None:
         "The values of ERROR's `code` field. Codes marked *always* are fatal in every state; the "
         f"others are fatal before AUTH_OK ({_rule_link('R6.7')}), and after it the server "
         f"survives them ({_rule_link('R11.3')}). A code that is never sent is only reported "
-        "locally."
+        "locally. A code marked with a version is not defined in frames of earlier versions "
+        f"({_rule_link('R4.6')})."
     )
     rows = [
         (
             int(code),
-            code.name,
+            _marked(code.name, since(code)),
             _fatal(code),
             _rule_link(ERROR_INFO[code].rule),
             ERROR_INFO[code].meaning,
@@ -747,15 +936,33 @@ def _state_machines(doc: _Doc) -> None:
         f"where the server survives protocol errors ({_rule_link('R11.3')}), and *discards input* "
         f"the states that drop everything they receive ({_rule_link('R12.4')})."
     )
-    doc.para("Guards, predicates over the message of the trigger:")
+    later = [v for v in SUPPORTED_VERSIONS if v > _FIRST_VERSION]
+    if later:
+        doc.para(
+            "A session follows its version's table. The rows, guards and actions marked "
+            + " or ".join(since_mark(v) for v in later)
+            + " are in the tables of that version and later ones only; the unmarked ones are "
+            "in every version's."
+        )
+    doc.para("Guards, predicates over the message of the trigger (and the session's counters):")
     doc.para(
         *_table(
-            ["Guard", "Holds when"], [(f"`{n}`", _one_line(g.__doc__)) for n, g in GUARDS.items()]
+            ["Guard", "Holds when"],
+            [
+                (_marked(f"`{n}`", _uses_since("guard", n)), _link_rules(_one_line(g.__doc__)))
+                for n, g in GUARDS.items()
+            ],
         )
     )
     doc.para("Actions:")
     doc.para(
-        *_table(["Action", "Effect"], [(f"`{n}`", _link_rules(d)) for n, d in ACTIONS.items()])
+        *_table(
+            ["Action", "Effect"],
+            [
+                (_marked(f"`{n}`", _uses_since("action", n)), _link_rules(d))
+                for n, d in ACTIONS.items()
+            ],
+        )
     )
     for role in ROLES:
         title = role.capitalize()
@@ -794,7 +1001,7 @@ def _state_machines(doc: _Doc) -> None:
             rows.append(
                 (
                     f"`{source}`",
-                    _trigger_text(t["trigger"]),
+                    _marked(_trigger_text(t["trigger"]), t["since"]),
                     _guard_text(t, seen.get(key, False)),
                     f"`{t['dest']}`" if t["dest"] else "(same)",
                     ", ".join(f"`{a}`" for a in t["after"]) or "—",
@@ -804,16 +1011,26 @@ def _state_machines(doc: _Doc) -> None:
             seen[key] = seen.get(key, False) or guarded
         doc.para(*_table(["State", "Trigger", "Guard", "Next state", "Actions", "Rule"], rows))
         doc.heading(4, f"{title} diagram")
+        new_rows = [
+            f"`{since_label(v).strip()}` ends the label of a row version {v} added"
+            for v in SUPPORTED_VERSIONS
+            if since_label(v)
+        ]
         doc.para(
             "Generated from the same table: `?M` receives M, `!M` sends M, "
-            f"`{_trigger_label(CLOSED_TRIGGER)}` is the transport closing; guards are in brackets. "
-            "Transitions that keep the state are not drawn; they are the *(same)* rows of the "
+            f"`{_trigger_label(CLOSED_TRIGGER)}` is the transport closing; guards are in brackets"
+            + "".join(f"; {x}" for x in new_rows)
+            + ". Transitions that keep the state are not drawn; they are the *(same)* rows of the "
             "state table."
         )
         doc.para(*_mermaid(role))
+        green = "".join(
+            f", the rows of version {v} in green" for v in SUPPORTED_VERSIONS if since_label(v)
+        )
         doc.para(
             f"The same machine drawn by Graphviz, states grouped by phase, transitions that keep "
-            f"the state listed inside it: [diagrams/{role}-states.svg](diagrams/{role}-states.svg) "
+            f"the state listed inside it{green}: "
+            f"[diagrams/{role}-states.svg](diagrams/{role}-states.svg) "
             f"(source [diagrams/{role}-states.dot](diagrams/{role}-states.dot), generated "
             "from the transitions machine)."
         )
@@ -829,21 +1046,52 @@ def _state_machines(doc: _Doc) -> None:
         )
 
 
+def _field_since(spec: MessageSpec, path: str) -> int:
+    """The version a payload-table row appeared in (a list item's row: its list's)."""
+    return spec.field_since(re.split(r"[\[.]", path, maxsplit=1)[0])
+
+
+def _example_block(name: str, values: dict[str, Any], frame: bytes) -> list[str]:
+    header_size = HEADER.sizeof()
+    payload = frame[header_size:-4]
+    shown = " ".join(f"{k}={_show(v)}" for k, v in values.items())
+    lines = ["```text", f"{name} {shown}".rstrip()]
+    lines.append(f"header   {_hex(frame[:header_size])}")
+    for i in range(0, len(payload), 16):
+        lines.append(f"{'payload' if i == 0 else '':<8} {_hex(payload[i : i + 16])}")
+    lines.append(f"crc      {_hex(frame[-4:])}")
+    lines.append("```")
+    return lines
+
+
 def _message_section(doc: _Doc) -> None:
     from dfachat.spec.diagrams import packet_diagram_text  # it imports this module
 
     doc.heading(2, _MESSAGES_HEADING)
     frames = example_frames()
     encoding = next(iter(ENCODINGS))
+    later = [v for v in SUPPORTED_VERSIONS if v > _FIRST_VERSION]
     doc.para(
         "Every message type, by type code. Offsets are in bytes from the start of the payload; "
         "after a field of variable size they are given relative to the end of that field. In a "
         "list, `[i]` rows describe one item, offsets relative to the item's start. The field "
         "types are described under [Field types](#field-types). Each example frame is built from "
         "the layout with arbitrary valid values, TEXT fields in "
-        f"{encoding}; the bytes are hexadecimal. All the layouts side by side: "
+        f"{encoding}; the bytes are hexadecimal. A message has an example frame of the first "
+        "version that has it, and one of each later version whose frames carry other fields; a "
+        f"frame of another version differs in header byte 2 and so in the checksum "
+        f"({_rule_link('R2.2')}). All the layouts side by side: "
         "[diagrams/packets.svg](diagrams/packets.svg)."
     )
+    if later:
+        doc.para(
+            "A message, field or value marked "
+            + " or ".join(since_mark(v) for v in later)
+            + " is not in the frames of earlier versions: there, such a type code is "
+            f"UNKNOWN_TYPE ({_rule_link('R2.3')}), such a value is not one of the field's "
+            f"({_rule_link('R4.6')}, {_rule_link('R4.7')}), and the payload ends without such "
+            "a field."
+        )
     rows = []
     for spec in _messages():
         fixed = all(_sizeof(unwrap(sub)) is not None for sub in spec.layout.subcons)
@@ -851,7 +1099,7 @@ def _message_section(doc: _Doc) -> None:
         rows.append(
             (
                 f"0x{spec.code:02X}",
-                f"[{spec.name}](#{_slug(_message_heading(spec))})",
+                _marked(f"[{spec.name}](#{_slug(_message_heading(spec))})", spec.since),
                 " and ".join(_senders(spec)),
                 _link_rules(spec.summary),
                 _bytes(size) if size is not None else "variable",
@@ -866,44 +1114,66 @@ def _message_section(doc: _Doc) -> None:
                 ("sends", f"send_{spec.name}"),
                 ("receives", f"recv_{spec.name}"),
             ):
-                states = _states_where(role, trigger)
+                states = _states_where(role, trigger, spec.since)
                 if states:
-                    where.append(f"the {role} {verb} it in " + ", ".join(f"`{s}`" for s in states))
-        doc.para(
+                    where.append(f"the {role} {verb} it in " + ", ".join(states))
+        intro = [
             f"Type code 0x{spec.code:02X}, sent by the {' and the '.join(_senders(spec))}. "
             + _link_rules(spec.summary),
-            "",
-            _sentence("; ".join(where)),
-        )
+        ]
+        if spec.since > _FIRST_VERSION:
+            earlier = [v for v in SUPPORTED_VERSIONS if v < spec.since]
+            intro.insert(
+                0,
+                f"{since_mark(spec.since)} Version {' and '.join(map(str, earlier))} "
+                f"{'does' if len(earlier) == 1 else 'do'} not have this message: in a frame of "
+                f"version {' or '.join(map(str, earlier))}, type code 0x{spec.code:02X} is "
+                f"UNKNOWN_TYPE ({_rule_link('R2.3')}).",
+            )
+            intro.insert(1, "")
+        doc.para(*intro, "", _sentence("; ".join(where)))
         fields = list(_walk(spec.layout))
         if fields:
             doc.para(
                 *_table(
                     ["Field", "Offset", "Size", "Type", "Meaning"],
                     [
-                        (f"`{f.path}`", f.offset, f.size, f.wire, _link_rules(f.meaning))
+                        (
+                            _marked(f"`{f.path}`", _field_since(spec, f.path), spec.since),
+                            f.offset,
+                            f.size,
+                            f.wire,
+                            _link_rules(f.meaning),
+                        )
                         for f in fields
                     ],
                 )
             )
+            for v in SUPPORTED_VERSIONS:
+                carried = _field_names(spec, v) if spec.in_version(v) else []
+                missing = [n for n in (sub.name for sub in spec.layout.subcons) if n not in carried]
+                if carried and missing:
+                    doc.para(
+                        f"A frame of version {v} does not carry "
+                        + _and([f"`{n}`" for n in missing])
+                        + f": its payload ends after `{carried[-1]}`."
+                    )
         else:
             doc.para("The payload is empty (`length` 0).")
-        values, frame = frames[spec.name]
-        header_size = HEADER.sizeof()
-        payload = frame[header_size:-4]
-        shown = " ".join(f"{k}={_show(v)}" for k, v in values.items())
-        lines = ["```text", f"{spec.name} {shown}".rstrip()]
-        lines.append(f"header   {_hex(frame[:header_size])}")
-        for i in range(0, len(payload), 16):
-            lines.append(f"{'payload' if i == 0 else '':<8} {_hex(payload[i : i + 16])}")
-        lines.append(f"crc      {_hex(frame[-4:])}")
-        lines.append("```")
-        doc.para("Example:")
-        doc.para(*lines)
+        versions = example_versions(spec)
+        for version in versions:
+            values, frame = frames[(spec.name, version)]
+            doc.para(f"Example, a frame of version {version}:")
+            doc.para(*_example_block(spec.name, values, frame))
         if fields:
+            added = sorted({v for _, v in spec.added if since_label(v)})
             doc.para(
                 "Bit layout (32 bits a row; a variable-size field takes a row between `/` marks, "
-                "and the fields after it follow it directly):"
+                "and the fields after it follow it directly"
+                + "".join(
+                    f"; `{since_label(v).strip()}` marks a field version {v} added" for v in added
+                )
+                + "):"
             )
             doc.para("```text", *packet_diagram_text(spec, fields=False).splitlines(), "```")
 
@@ -947,23 +1217,166 @@ _AFTER_RULES = {
 }
 
 
+_VERSIONS_HEADING = "Protocol versions"
+
+
+def _versions_title() -> str:
+    """``versions 1 and 2`` (``version 1`` while there is one)."""
+    versions = [str(v) for v in SUPPORTED_VERSIONS]
+    return f"version{'s' if len(versions) > 1 else ''} {_and(versions)}"
+
+
+def _message_link(spec: MessageSpec) -> str:
+    return f"[{spec.name}](#{_slug(_message_heading(spec))})"
+
+
+def _field_ref(message: str, name: str) -> str:
+    """``MESSAGE.field``, checked against the layouts (a renamed field fails loudly here)."""
+    spec = MESSAGES_BY_NAME[message]
+    if name not in {sub.name for sub in spec.layout.subcons}:
+        raise KeyError(f"{message} has no field {name}")
+    return f"`{message}.{name}`"
+
+
+def _member_text(member: IntEnum | IntFlag) -> str:
+    value = f"0x{int(member):02X}" if isinstance(member, IntFlag) else str(int(member))
+    return f"{value} {member.name}"
+
+
+def _first_sentence(text: str) -> str:
+    match = re.match(r"(.+?\.)(?=\s|$)", text)
+    return match.group(1) if match else text
+
+
+def _differences(doc: _Doc, delta: VersionDelta) -> None:
+    v, prev = delta.version, delta.previous
+    doc.heading(3, f"Differences between versions {prev} and {v}")
+    doc.para(
+        f"What version {v} adds to version {prev}, listed from the same declarations that put "
+        f"the {since_mark(v)} marks in this document. A session of version {prev} has none of "
+        f"it. Rules that hold in both versions are not listed, even where their text tells the "
+        "versions apart."
+    )
+    items = []
+    if delta.messages:
+        items.append(
+            "- **Messages:** "
+            + "; ".join(
+                f"{_message_link(m)} (0x{m.code:02X}, sent by the {' and the '.join(_senders(m))}): "
+                + _link_rules(m.summary)
+                for m in delta.messages
+            )
+        )
+    if delta.fields:
+        named = []
+        for m, name in delta.fields:
+            sub = next(sub for sub in m.layout.subcons if sub.name == name)
+            named.append(
+                f"`{m.name}.{name}` ({_wire_type(unwrap(sub))}): {_link_rules(_one_line(sub.docs))}"
+            )
+        items.append(
+            "- **Fields:** "
+            + "; ".join(named)
+            + f". A frame of version {prev} does not carry "
+            + ("it." if len(named) == 1 else "them.")
+        )
+    if delta.members:
+        items.append(
+            "- **Values:** "
+            + "; ".join(
+                f"[{type(m).__name__}](#{_enum_anchor(type(m))}) {_member_text(m)}"
+                # by type: members of different enumerations compare equal as ints
+                + (
+                    f" ({ERROR_INFO[m].meaning}, {_rule_link(ERROR_INFO[m].rule)})"
+                    if isinstance(m, ErrorCode)
+                    else ""
+                )
+                for m in delta.members
+            )
+            + f". A frame of version {prev} cannot carry them ({_rule_link('R4.6')}, "
+            f"{_rule_link('R4.7')})."
+        )
+    if delta.limits:
+        items.append(
+            "- **Limits:** "
+            + ", ".join(f"`{name}` ({getattr(LIMITS, name)})" for name in delta.limits)
+            + f" ([Limits](#{_slug('Limits')}))."
+        )
+    if delta.rules:
+        items.append("- **Rules:**")
+        items += [
+            f"  - {_rule_link(r.id)} ({r.level}): {_link_rules(_first_sentence(rule_text(r.id)))}"
+            for r in delta.rules
+        ]
+    for label, names in (("Guards", delta.guards), ("Actions", delta.actions)):
+        if names:
+            items.append(f"- **{label}:** " + ", ".join(f"`{n}`" for n in names) + ".")
+    if delta.rows:
+        items.append(f"- **State-table rows:** {len(delta.rows)}, below.")
+    doc.para(*items)
+    if delta.rows:
+        doc.para(
+            *_table(
+                ["Role", "State", "Trigger", "Guard", "Next state", "Actions", "Rule"],
+                [
+                    (
+                        role,
+                        f"`{source}`",
+                        _trigger_text(t["trigger"]),
+                        _guard_text(t, False),
+                        f"`{t['dest']}`" if t["dest"] else "(same)",
+                        ", ".join(f"`{a}`" for a in t["after"]) or "—",
+                        _rule_link(t["rule"]),
+                    )
+                    for role, source, t in delta.rows
+                ],
+            )
+        )
+
+
+def _versions_section(doc: _Doc) -> None:
+    doc.heading(2, _VERSIONS_HEADING)
+    versions = list(SUPPORTED_VERSIONS)
+    hello, hello_ok = MESSAGES_BY_NAME["HELLO"], MESSAGES_BY_NAME["HELLO_OK"]
+    doc.para(
+        f"This document specifies protocol {_versions_title()}. "
+        f"A session has one version, chosen in the handshake: the client lists the versions it "
+        f"supports in {_field_ref('HELLO', 'versions')} ({_message_link(hello)}) and the server "
+        f"names the one it chose in {_field_ref('HELLO_OK', 'version')} ({_message_link(hello_ok)}); "
+        f"{_rule_link('R5.2')} says how it chooses and which frames carry which version, and "
+        f"header byte 2 of every frame carries its version ({_rule_link('R2.2')})."
+    )
+    if len(versions) > 1:
+        doc.para(
+            "Each version keeps every rule, message, field, value and state-table row of the "
+            "versions before it, and adds some. What a later version adds is marked where it is "
+            "specified: "
+            + ", ".join(f"{since_mark(v)} for version {v}" for v in versions[1:])
+            + "; everything unmarked is in every version."
+        )
+    for v in versions[1:]:
+        _differences(doc, version_delta(v))
+
+
 def render_protocol_markdown() -> str:
     """The protocol document (Markdown), generated entirely from the spec."""
     doc = _Doc()
+    _versions_section(doc)
     for section in SECTIONS:
         doc.heading(2, f"{section.number}. {section.title}")
         doc.para(_link_rules(section.intro))
         for rule in section.rules:
+            mark = since_mark(rule.since)
             doc.para(
                 f'<a id="{_rule_anchor(rule.id)}"></a>'
-                f"**{rule.id}** ({rule.level}) {rule_text(rule.id)}"
+                f"**{rule.id}** ({rule.level}) {mark + ' ' if mark else ''}{rule_text(rule.id)}"
             )
         for part in _AFTER_RULES.get(section.number, []):
             part(doc)
     _message_section(doc)
     _sequence_section(doc)
     head = [
-        f"# dfachat protocol, version {PROTOCOL_VERSION}",
+        f"# dfachat protocol, {_versions_title()}",
         "",
         "Status: generated by `dfachat spec --markdown` from the protocol declaration in "
         "`src/dfachat/spec/`. Do not edit this file by hand: change the declaration and "
@@ -1000,6 +1413,10 @@ def protocol_summary() -> dict[str, Any]:
                 "senders": _senders(spec),
                 "summary": spec.summary,
                 "fields": [sub.name for sub in spec.layout.subcons],
+                "since": spec.since,
+                "fields_since": {
+                    sub.name: spec.field_since(sub.name) for sub in spec.layout.subcons
+                },
             }
             for spec in _messages()
         ],
@@ -1021,4 +1438,29 @@ def protocol_summary() -> dict[str, Any]:
             for code in ErrorCode
         ],
         "rules": {rule_id: rule_text(rule_id) for rule_id in RULES},
+        # what each later version adds, by name (the document's "Differences" section)
+        "differences": {str(v): _delta_summary(version_delta(v)) for v in SUPPORTED_VERSIONS[1:]},
+    }
+
+
+def _delta_summary(delta: VersionDelta) -> dict[str, Any]:
+    return {
+        "previous": delta.previous,
+        "messages": [m.name for m in delta.messages],
+        "fields": [f"{m.name}.{name}" for m, name in delta.fields],
+        "values": [f"{type(m).__name__}.{m.name}" for m in delta.members],
+        "limits": list(delta.limits),
+        "rules": [r.id for r in delta.rules],
+        "rows": [
+            {
+                "role": role,
+                "state": source,
+                "trigger": t["trigger"],
+                "dest": t["dest"],
+                "rule": t["rule"],
+            }
+            for role, source, t in delta.rows
+        ],
+        "guards": list(delta.guards),
+        "actions": list(delta.actions),
     }

@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass
 __all__ = ["DEFAULT_PORT", "LIMITS", "MAGIC", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Limits"]
 
 MAGIC = b"DF"
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+PROTOCOL_VERSION = 2  # the newest version; HELLO itself travels in version 1 (R5.2)
+SUPPORTED_VERSIONS = (1, 2)
 DEFAULT_PORT = 33318
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Every bound of protocol version 1. Frozen: pass a new one to change a limit."""
+    """Every bound of the protocol. Frozen: pass a new one to change a limit."""
 
     default_port: int = DEFAULT_PORT
     max_frame: int = 65536  # bytes, header and checksum included (R2.4)
@@ -42,6 +42,10 @@ class Limits:
     max_bytes_per_s: int = 256 * 1024  # refill rate of a session's receive token bucket (R9.4)
     max_burst_bytes: int = 1 << 20  # size of that bucket, at least max_frame (R9.4)
     max_logins_per_minute: int = 30  # PASS frames from one peer address in any 60 s (R9.5)
+    deliver_window: int = 64  # unacknowledged DELIVERs per session, version 2 (R7.12)
+    msg_window: int = 16  # outstanding MSGs per session, version 2 (R7.16)
+    max_inbox_messages: int = 20_000  # messages kept for one recipient (R7.14)
+    max_inbox_bytes: int = 32 << 20  # bytes of text kept for one recipient (R7.14)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -6,7 +6,10 @@ direction (``recv_USER``, ``send_AUTH_OK``), or the pseudo-trigger
 destination (``None``: an internal transition, the state does not change),
 optional guards over the message (``conditions``/``unless``, tried in
 declaration order), optional actions the engine runs after it (``after``),
-and the rule that allows it.
+the rule that allows it, the rule a refusal of its guards breaks when that
+is another one (``refused``: a DELIVER beyond the window breaks R7.12, not
+the rules that allow DELIVER), and the first protocol version that has it
+(``since``; version 2 only adds rows to version 1's tables).
 
 The machine built here is the declaration and the diagram source. The
 engine in :mod:`dfachat.fsm` does not run it per session: it runs a frozen
@@ -29,7 +32,11 @@ What may cross in flight, and why both tables agree on it:
   the server, processing frames in order, answers PONG before it reads QUIT.
 * A non-fatal ERROR regarding MSG or LIST ends the client's wait for MSG_ACK
   or USERS, so the server sends non-fatal ERRORs only from ESTABLISHED, the
-  one state where it reads frames and owes nothing (R11.3).
+  one state where it reads frames and owes nothing (R11.3), and, in version
+  2, the one regarding MSG that answers an outstanding MSG (R7.15, R7.16).
+* Version 2 counts: MSGs outstanding (a window instead of one, R7.16) and
+  DELIVERs unacknowledged (R7.12). A count is not a state, so the windows
+  are guards over the session's counters, kept by actions.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from transitions import Machine
 from transitions.core import Transition
 
 from dfachat.spec.codes import ErrorFlags, ListFlags
+from dfachat.spec.limits import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 
 __all__ = [
     "ACTIONS",
@@ -52,6 +60,7 @@ __all__ = [
     "RuleTransition",
     "StateSpec",
     "build_machine",
+    "transitions_of",
 ]
 
 ROLES = ("server", "client")
@@ -129,6 +138,27 @@ def _regards(type_name: str) -> Any:
     return guard
 
 
+def _window_open(session: Any, message: Any) -> bool:
+    """Fewer MSGs are outstanding than the session's msg_window (R7.16)."""
+    return session.outstanding < session.msg_window
+
+
+def _more_outstanding(session: Any, message: Any) -> bool:
+    """More than one MSG is outstanding: this answer leaves the rest waiting (R7.16)."""
+    return session.outstanding > 1
+
+
+def _deliver_window_open(session: Any, message: Any) -> bool:
+    """Fewer DELIVERs are unacknowledged than the session's deliver_window (R7.12); version 1
+    has no window."""
+    return session.version < 2 or len(session.unacknowledged) < session.deliver_window
+
+
+def _acknowledges_delivered(session: Any, message: Any) -> bool:
+    """DELIVER_ACK names a DELIVER of this session not yet acknowledged (R7.10)."""
+    return message.server_msg_id in session.unacknowledged
+
+
 def _matches_offer(session: Any, message: Any) -> bool:
     """HELLO_OK names a version the client offered in HELLO and the encoding it asked for."""
     return message.version in session.offered_versions and message.encoding == session.encoding
@@ -141,6 +171,10 @@ GUARDS = {
     "regards_MSG": _regards("MSG"),
     "regards_LIST": _regards("LIST"),
     "matches_offer": _matches_offer,
+    "window_open": _window_open,
+    "more_outstanding": _more_outstanding,
+    "deliver_window_open": _deliver_window_open,
+    "acknowledges_delivered": _acknowledges_delivered,
 }
 
 # Actions: what the engine does after a transition; each is a method of the engine's session.
@@ -149,6 +183,10 @@ ACTIONS = {
     "adopt_encoding": "HELLO_OK fixes the session's version and encoding (R5.4)",
     "authenticate": "AUTH_OK fixes the session's user name (R6.5)",
     "count_failure": "AUTH_FAILED counts a failed login (R6.3)",
+    "count_msg": "MSG is outstanding until it is answered (R7.2, R7.16)",
+    "count_answer": "MSG_ACK, or an ERROR regarding MSG, answers the oldest outstanding MSG (R7.16)",
+    "count_deliver": "in version 2, DELIVER is unacknowledged until a DELIVER_ACK covers it (R7.12)",
+    "acknowledge": "DELIVER_ACK acknowledges its DELIVER and every earlier one of the session (R7.10)",
 }
 
 
@@ -158,18 +196,22 @@ def _t(
     dest: str | None,
     rule: str,
     *,
-    when: str | None = None,
+    when: str | tuple[str, ...] | None = None,
     unless: str | None = None,
     after: str | None = None,
+    refused: str | None = None,
+    since: int = 1,
 ) -> dict[str, Any]:
     return {
         "trigger": trigger,
         "source": list(source) if isinstance(source, tuple) else source,
         "dest": dest,
-        "conditions": [when] if when else [],
+        "conditions": list(when) if isinstance(when, tuple) else [when] if when else [],
         "unless": [unless] if unless else [],
         "after": [after] if after else [],
         "rule": rule,
+        "refused": refused,
+        "since": since,
     }
 
 
@@ -192,8 +234,16 @@ TRANSITIONS: dict[str, list[dict[str, Any]]] = {
         _t("send_AUTH_OK", "AUTHENTICATING", "ESTABLISHED", "R6.5", after="authenticate"),
         _t("send_AUTH_FAILED", "AUTHENTICATING", "AWAIT_USER", "R6.3", when="has_attempts", after="count_failure"),
         _t("send_AUTH_FAILED", "AUTHENTICATING", "CLOSED", "R6.3", after="count_failure"),
-        _t("recv_MSG", "ESTABLISHED", "ROUTING", "R7.1"),
-        _t("send_MSG_ACK", "ROUTING", "ESTABLISHED", "R7.3"),
+        _t("recv_MSG", "ESTABLISHED", "ROUTING", "R7.1", after="count_msg"),
+        _t("recv_MSG", "ROUTING", None, "R7.16", when="window_open", after="count_msg", since=2),
+        _t("send_MSG_ACK", "ROUTING", None, "R7.16", when="more_outstanding", after="count_answer", since=2),
+        _t("send_MSG_ACK", "ROUTING", "ESTABLISHED", "R7.3", after="count_answer"),
+        _t("send_ERROR", "ROUTING", None, "R7.15", when=("regards_MSG", "more_outstanding"), unless="is_fatal",
+           after="count_answer", since=2),
+        _t("send_ERROR", "ROUTING", "ESTABLISHED", "R7.15", when="regards_MSG", unless="is_fatal",
+           after="count_answer", since=2),
+        _t("recv_DELIVER_ACK", _SERVER_AUTHED, None, "R7.10", when="acknowledges_delivered", after="acknowledge",
+           since=2),
         _t("recv_LIST", "ESTABLISHED", "LISTING", "R8.3"),
         _t("send_USERS", "LISTING", None, "R8.3", when="has_more"),
         _t("send_USERS", "LISTING", "ESTABLISHED", "R8.3"),
@@ -201,7 +251,8 @@ TRANSITIONS: dict[str, list[dict[str, Any]]] = {
         _t("send_PONG", _SERVER_AUTHED, None, "R9.1"),
         _t("send_PING", _SERVER_AUTHED, None, "R9.1"),
         _t("recv_PONG", _SERVER_AUTHED, None, "R9.1"),
-        _t("send_DELIVER", _SERVER_AUTHED, None, "R7.5"),
+        _t("send_DELIVER", _SERVER_AUTHED, None, "R7.5", when="deliver_window_open", after="count_deliver",
+           refused="R7.12"),
         _t("send_JOINED", _SERVER_AUTHED, None, "R8.1"),
         _t("send_LEFT", _SERVER_AUTHED, None, "R8.2"),
         # Only where the server recovers: in ROUTING and LISTING the client waits for a reply,
@@ -223,9 +274,14 @@ TRANSITIONS: dict[str, list[dict[str, Any]]] = {
         _t("recv_AUTH_OK", "AWAIT_AUTH", "ESTABLISHED", "R6.5", after="authenticate"),
         _t("recv_AUTH_FAILED", "AWAIT_AUTH", "SEND_USER", "R6.3", when="has_attempts", after="count_failure"),
         _t("recv_AUTH_FAILED", "AWAIT_AUTH", "CLOSED", "R6.3", after="count_failure"),
-        _t("send_MSG", "ESTABLISHED", "AWAIT_ACK", "R7.2"),
-        _t("recv_MSG_ACK", "AWAIT_ACK", "ESTABLISHED", "R7.3"),
-        _t("recv_ERROR", "AWAIT_ACK", "ESTABLISHED", "R7.9", when="regards_MSG", unless="is_fatal"),
+        _t("send_MSG", "ESTABLISHED", "AWAIT_ACK", "R7.2", after="count_msg"),
+        _t("send_MSG", "AWAIT_ACK", None, "R7.16", when="window_open", after="count_msg", since=2),
+        _t("recv_MSG_ACK", "AWAIT_ACK", None, "R7.16", when="more_outstanding", after="count_answer", since=2),
+        _t("recv_MSG_ACK", "AWAIT_ACK", "ESTABLISHED", "R7.3", after="count_answer"),
+        _t("recv_ERROR", "AWAIT_ACK", None, "R7.16", when=("regards_MSG", "more_outstanding"), unless="is_fatal",
+           after="count_answer", since=2),
+        _t("recv_ERROR", "AWAIT_ACK", "ESTABLISHED", "R7.9", when="regards_MSG", unless="is_fatal",
+           after="count_answer"),
         _t("send_LIST", "ESTABLISHED", "AWAIT_USERS", "R8.3"),
         _t("recv_USERS", "AWAIT_USERS", None, "R8.3", when="has_more"),
         _t("recv_USERS", "AWAIT_USERS", "ESTABLISHED", "R8.3"),
@@ -234,7 +290,10 @@ TRANSITIONS: dict[str, list[dict[str, Any]]] = {
         _t("send_PONG", ("ESTABLISHED", "AWAIT_ACK", "AWAIT_USERS"), None, "R9.1"),
         _t("recv_PING", _CLIENT_AUTHED, None, "R8.4"),
         _t("recv_PONG", _CLIENT_AUTHED, None, "R9.1"),
-        _t("recv_DELIVER", _CLIENT_AUTHED, None, "R8.4"),
+        _t("recv_DELIVER", _CLIENT_AUTHED, None, "R8.4", when="deliver_window_open", after="count_deliver",
+           refused="R7.12"),
+        _t("send_DELIVER_ACK", ("ESTABLISHED", "AWAIT_ACK", "AWAIT_USERS"), None, "R7.11",
+           when="acknowledges_delivered", after="acknowledge", since=2),
         _t("recv_JOINED", _CLIENT_AUTHED, None, "R8.4"),
         _t("recv_LEFT", _CLIENT_AUTHED, None, "R8.4"),
         _t("recv_ERROR", _CLIENT_AUTHED, None, "R11.2", unless="is_fatal"),
@@ -250,19 +309,30 @@ TRANSITIONS: dict[str, list[dict[str, Any]]] = {
 
 
 class RuleTransition(Transition):
-    """A transitions ``Transition`` that also carries the spec rule allowing it."""
+    """A transitions ``Transition`` that also carries the spec rule allowing it, and the rule a
+    refusal of its guards breaks (``refused``; the allowing rule unless the row names another)."""
 
-    def __init__(self, *args: Any, rule: str = "R12.1", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, rule: str = "R12.1", refused: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rule = rule
+        self.refused = refused or rule
 
 
 class SpecMachine(Machine):
     transition_cls = RuleTransition
 
 
-def build_machine(role: str, model: Any = None, *, machine_cls: type[Machine] = SpecMachine) -> Machine:
-    """The transitions machine of ``role`` (``"server"`` or ``"client"``).
+def transitions_of(role: str, version: int = PROTOCOL_VERSION) -> list[dict[str, Any]]:
+    """``role``'s transitions in protocol ``version`` (its rows and every earlier version's)."""
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"protocol version {version} is not one of {SUPPORTED_VERSIONS}")
+    return [t for t in TRANSITIONS[role] if t["since"] <= version]
+
+
+def build_machine(
+    role: str, model: Any = None, *, version: int = PROTOCOL_VERSION, machine_cls: type[Machine] = SpecMachine
+) -> Machine:
+    """The transitions machine of ``role`` (``"server"`` or ``"client"``) in ``version``.
 
     With ``model=None`` the machine has no model: it is the declaration the
     engine's table, the documents and the diagrams are generated from. Pass a
@@ -273,7 +343,7 @@ def build_machine(role: str, model: Any = None, *, machine_cls: type[Machine] = 
     return machine_cls(
         model=model,
         states=[s.name for s in states],
-        transitions=[dict(t) for t in TRANSITIONS[role]],
+        transitions=[{k: v for k, v in t.items() if k != "since"} for t in transitions_of(role, version)],
         initial=next(s.name for s in states if s.initial),
         auto_transitions=False,
         send_event=True,

@@ -1,6 +1,11 @@
-"""Every message of protocol version 1: its type code, who sends it, and its layout.
+"""Every message of every protocol version: its type code, who sends it, and its layout.
 
-This is the one place a packet layout is written. Each payload is a
+This is the one place a packet layout is written. Version 2 is declared as a
+delta on version 1: a message says the version it appeared in (``since``), a
+field added later is wrapped in :func:`added` (frames of earlier versions do
+not carry it, and it reads as 0 there), and enumeration members added later
+are listed in :data:`dfachat.spec.codes.SINCE`. :meth:`MessageSpec.layout_for`
+gives the layout a frame of one version carries. Each payload is a
 construct ``Struct`` of named, documented fields; the frame around it is
 :data:`FRAME`. The codec, its oracle, the engine, the documents, the model
 checker and the fuzzer all read these declarations.
@@ -12,7 +17,8 @@ decoder reads them with one unpack.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 
 from construct import (
     Bytes,
@@ -37,7 +43,7 @@ from dfachat.spec.codes import (
     Outcome,
 )
 from dfachat.spec.limits import LIMITS, MAGIC
-from dfachat.spec.types import Code, Flags, Ident, List, Text
+from dfachat.spec.types import Code, Flags, Ident, List, Text, at_version
 
 __all__ = [
     "FRAME",
@@ -47,6 +53,7 @@ __all__ = [
     "MESSAGES_BY_CODE",
     "MessageSpec",
     "USER_NAME",
+    "added",
 ]
 
 CLIENT, SERVER = "client", "server"
@@ -54,7 +61,7 @@ CLIENT, SERVER = "client", "server"
 # --- the frame (section 2) -------------------------------------------------
 HEADER = Struct(
     "magic" / Const(MAGIC) * "0x44 0x46, ASCII \"DF\" (R2.1)",
-    "version" / Int8ub * "protocol version of this frame: 1 (R2.2)",
+    "version" / Int8ub * "protocol version of this frame (R2.2, R5.2)",
     "type" / Int8ub * "message type code (R2.3)",
     "length" / Int32ub * "payload length in bytes (R2.4)",
 )
@@ -86,13 +93,37 @@ def _names(max_limit: str) -> List:
     return List(Int16ub, USER_NAME, max_limit, "R4.9", unique=True)
 
 
-@dataclass(frozen=True, slots=True)
+class _Added:
+    """A field that first appears in ``version`` (see :func:`added`)."""
+
+    def __init__(self, version: int, field: object) -> None:
+        self.version, self.field = version, field
+
+
+def added(version: int, field: object) -> _Added:
+    """Mark ``field`` as new in ``version``: earlier versions' frames do not carry it."""
+    return _Added(version, field)
+
+
+@dataclass(frozen=True)
 class MessageSpec:
     name: str
     code: int
     senders: frozenset[str]  # the roles that may send it
-    layout: Struct
+    layout: Struct  # the newest version's layout
     summary: str
+    since: int = 1  # the first protocol version with this message
+    added: tuple[tuple[str, int], ...] = field(default=())  # (field name, version it appeared in)
+
+    def in_version(self, version: int) -> bool:
+        return version >= self.since
+
+    def field_since(self, name: str) -> int:
+        return dict(self.added).get(name, self.since)
+
+    def layout_for(self, version: int) -> Struct:
+        """The layout a frame of ``version`` carries (the message must exist in it)."""
+        return _layout_for(self, version)
 
     @property
     def sent_by_client(self) -> bool:
@@ -103,8 +134,24 @@ class MessageSpec:
         return SERVER in self.senders
 
 
-def _message(name: str, code: int, senders: tuple[str, ...], summary: str, *fields: object) -> MessageSpec:
-    return MessageSpec(name, code, frozenset(senders), Struct(*fields), summary)
+@cache
+def _layout_for(spec: MessageSpec, version: int) -> Struct:
+    if not spec.in_version(version):
+        raise KeyError(f"{spec.name} does not exist in protocol version {version}")
+    subcons = [at_version(sub, version) for sub in spec.layout.subcons if spec.field_since(sub.name) <= version]
+    if len(subcons) == len(spec.layout.subcons) and all(
+        a is b for a, b in zip(subcons, spec.layout.subcons, strict=True)
+    ):
+        return spec.layout
+    return Struct(*subcons)
+
+
+def _message(
+    name: str, code: int, senders: tuple[str, ...], summary: str, *fields: object, since: int = 1
+) -> MessageSpec:
+    plain = [f.field if isinstance(f, _Added) else f for f in fields]
+    news = tuple((f.field.name, f.version) for f in fields if isinstance(f, _Added))  # type: ignore[attr-defined]
+    return MessageSpec(name, code, frozenset(senders), Struct(*plain), summary, since, news)
 
 
 MESSAGES: tuple[MessageSpec, ...] = (
@@ -133,6 +180,12 @@ MESSAGES: tuple[MessageSpec, ...] = (
     _message("LIST", 0x05, (CLIENT,), "Asks who is online (R8.3)."),
     _message("QUIT", 0x06, (CLIENT,), "Ends the session (R10.1)."),
     _message(
+        "DELIVER_ACK", 0x07, (CLIENT,),
+        "The application has taken DELIVERs up to this one; the server may forget them (R7.10, R7.11).",
+        "server_msg_id" / Int64ub * "the server message id of a DELIVER received in this session",
+        since=2,
+    ),
+    _message(
         "HELLO_OK", 0x41, (SERVER,), "Accepts the handshake and announces limits (R5.4).",
         "version" / Int8ub * "the version chosen (R5.2)",
         "max_frame" / Int32ub * "largest frame the server accepts (R2.4)",
@@ -142,6 +195,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
         "login_attempts" / Int8ub * "failed logins before the server closes (R6.3)",
         "encoding" / ENCODING_NAME * "the session's encoding, as the client asked (R5.4)",
         "software" / SOFTWARE * "server software name and version",
+        added(2, "deliver_window" / Int16ub * "most DELIVERs unacknowledged at once (R7.12)"),
+        added(2, "msg_window" / Int16ub * "most MSGs outstanding at once (R7.16)"),
     ),
     _message(
         "AUTH_OK", 0x42, (SERVER,), "Login succeeded; who is online (R6.5).",
@@ -173,7 +228,7 @@ MESSAGES: tuple[MessageSpec, ...] = (
         "DELIVER", 0x45, (SERVER,), "A chat message for this session's user (R7.5).",
         "server_msg_id" / Int64ub * "the server's message id (R7.3)",
         "timestamp_ms" / Int64ub * "server time, milliseconds since 1970-01-01 UTC",
-        "flags" / Flags(Int8ub, DeliverFlags) * "DIRECTED, LOSSY, STORED",
+        "flags" / Flags(Int8ub, DeliverFlags) * "DIRECTED, LOSSY, STORED, REDELIVERED",
         "sender" / USER_NAME * "the sender's registered name",
         "text" / Text("max_text", "R4.2") * "the text, in this session's encoding",
     ),

@@ -1,8 +1,9 @@
-"""The numbered rules of protocol version 1.
+"""The numbered rules of every protocol version.
 
 Every check, error and document cites these ids. A rule's text is normative:
 the generated protocol document prints it verbatim, the errors carry its id,
-and the state tables point at it. Limits are written as ``{name}``
+and the state tables point at it. A rule added by a later version says so
+(``since``); the document marks it. Limits are written as ``{name}``
 placeholders filled from :data:`dfachat.spec.limits.LIMITS`, so a number is
 stated once.
 """
@@ -19,6 +20,7 @@ class Rule:
     id: str
     level: str  # MUST, SHOULD or MAY: how the conformance fuzzer grades a deviation
     text: str
+    since: int = 1  # the first protocol version the rule belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +31,13 @@ class Section:
     rules: tuple[Rule, ...]
 
 
-def _section(number: int, title: str, intro: str, *rules: tuple[str, str]) -> Section:
+def _section(number: int, title: str, intro: str, *rules: tuple[str, str] | tuple[str, str, int]) -> Section:
+    """A section; a rule is (level, text) or (level, text, the version it appeared in)."""
     return Section(
         number,
         title,
         intro,
-        tuple(Rule(f"R{number}.{i}", level, text) for i, (level, text) in enumerate(rules, 1)),
+        tuple(Rule(f"R{number}.{i}", *rule) for i, rule in enumerate(rules, 1)),
     )
 
 
@@ -62,8 +65,10 @@ SECTIONS: tuple[Section, ...] = (
         "Every message travels as one frame: a fixed header, the payload, and a checksum.",
         ("MUST", "Every frame starts with the two magic bytes 0x44 0x46 (ASCII \"DF\"). Other bytes "
                  "there are a framing error (BAD_MAGIC)."),
-        ("MUST", "Header byte 2 is the protocol version of the frame; in version 1 it is 1. Any other "
-                 "value is a framing error (UNSUPPORTED_VERSION)."),
+        ("MUST", "Header byte 2 is the protocol version of the frame: 1 for HELLO and for an ERROR "
+                 "answering it, and the version HELLO_OK chose for HELLO_OK and every later frame of the "
+                 "session, in both directions (R5.2). Any other value is a framing error "
+                 "(UNSUPPORTED_VERSION)."),
         ("MUST", "Header byte 3 is the message type. A type this version does not define, in an "
                  "otherwise intact frame, is a payload error (UNKNOWN_TYPE)."),
         ("MUST", "Header bytes 4-7 are the payload length. A whole frame (header, payload and "
@@ -123,8 +128,10 @@ SECTIONS: tuple[Section, ...] = (
         ("MUST", "A password is 1 to {max_password} code points once decoded."),
         ("MUST", "HELLO lists 1 to {max_versions} distinct protocol versions."),
         ("MUST", "An enumerated field (outcome, reason, error code) holds one of the values its "
-                 "table lists."),
-        ("MUST", "Flag bits a layout marks reserved are zero."),
+                 "table lists for the frame's protocol version: a value a later version added is "
+                 "not one in a frame of an earlier version."),
+        ("MUST", "Flag bits a layout marks reserved are zero; a flag a later version added is "
+                 "reserved in a frame of an earlier version."),
         ("MUST", "A software name (client or server) is 1 to {max_software} printable ASCII "
                  "characters (0x20-0x7E); an encoding name is 1 to {max_encoding_name} characters of a-z, 0-9 "
                  "and '-'."),
@@ -142,13 +149,15 @@ SECTIONS: tuple[Section, ...] = (
         ("MUST", "A client's first frame is HELLO: the versions it supports, its encoding and its "
                  "software name."),
         ("MUST", "The server chooses the highest version both sides support. When there is none it "
-                 "answers a fatal ERROR UNSUPPORTED_VERSION. HELLO, and any reply to it, travel in "
-                 "frames of version 1, which every later version keeps decodable."),
+                 "answers a fatal ERROR UNSUPPORTED_VERSION. HELLO, and an ERROR answering it, travel "
+                 "in frames of version 1, which every later version keeps decodable; HELLO_OK travels "
+                 "in a frame of the version it chose, and a client decodes it by that version."),
         ("MUST", "When the server does not support the encoding it answers a fatal ERROR "
                  "UNSUPPORTED_ENCODING."),
         ("MUST", "Otherwise the server answers HELLO_OK with the chosen version, the encoding, its "
-                 "software name and the limits of section 4 and section 9; from then on both sides "
-                 "use that encoding for TEXT fields."),
+                 "software name and the limits of section 4 and section 9 (and, in version 2, the "
+                 "windows of R7.12 and R7.16); from then on both sides use that encoding for TEXT "
+                 "fields."),
         ("MUST", "A client sends nothing after HELLO until HELLO_OK arrives, and checks that HELLO_OK "
                  "names a version it offered and the encoding it asked for; if not, it closes (it MAY "
                  "first send a fatal ERROR UNEXPECTED_MESSAGE citing R5.5)."),
@@ -186,29 +195,75 @@ SECTIONS: tuple[Section, ...] = (
         ("MUST", "MSG carries a message id the client chooses, the recipients (none means everyone "
                  "online but the sender) and the text."),
         ("MUST", "A client has at most one MSG or LIST outstanding: after MSG it sends no MSG or LIST "
-                 "until MSG_ACK, or an ERROR regarding MSG, arrives."),
+                 "until MSG_ACK, or an ERROR regarding MSG, arrives (version 2 allows a window of "
+                 "MSGs, R7.16)."),
         ("MUST", "The server answers every MSG it accepts with exactly one MSG_ACK carrying the "
                  "client's message id and a server message id that is strictly greater than every "
                  "one it issued before, restarts included."),
         ("MUST", "For a directed MSG, MSG_ACK has one result per named recipient, in the MSG's order: "
                  "DELIVERED, LOSSY (delivered with replacements, R3.5), QUEUED (registered but "
-                 "offline: stored, R7.7) or UNKNOWN_USER (no such account: dropped). For a broadcast "
+                 "offline: stored, R7.7), UNKNOWN_USER (no such account: dropped) or, in version 2, "
+                 "OVER_QUOTA (the recipient's inbox is full: dropped, R7.14). For a broadcast "
                  "the results are empty. In both cases MSG_ACK counts the recipients that received it "
                  "now (delivered, including lossy ones) and how many of those copies were lossy."),
         ("MUST", "DELIVER carries the server message id, the server's time in milliseconds since "
                  "1970-01-01 UTC, the sender's registered name, the flags DIRECTED (named recipient, "
-                 "not a broadcast), LOSSY (R3.5) and STORED (held for an offline user, R7.7), and the "
-                 "text."),
+                 "not a broadcast), LOSSY (R3.5), STORED (held for an offline user, R7.7) and, in "
+                 "version 2, REDELIVERED (meant for an earlier session that did not acknowledge it, "
+                 "R7.13), and the text."),
         ("MUST", "A recipient receives each server message id at most once, and the messages of one "
                  "sender in the order the server acknowledged them."),
         ("MUST", "A directed MSG to a registered user who is offline is stored durably before its "
                  "MSG_ACK (QUEUED) is sent; the server delivers stored messages, oldest first and "
-                 "flagged STORED, right after that user's next successful login, and only then "
-                 "forgets them. Broadcasts are never stored."),
+                 "flagged STORED, right after that user's next successful login. In version 1 it "
+                 "forgets them once they are written to the connection; in version 2 only once they "
+                 "are acknowledged (R7.10). Broadcasts are never stored for an offline user."),
         ("MUST", "A sender MAY name itself as a recipient and then receives the message; a broadcast "
                  "never reaches its sender."),
         ("MUST", "A MSG the server rejects (a payload error) is answered with a non-fatal ERROR "
                  "regarding MSG instead of MSG_ACK; the client may then send again."),
+        ("MUST", "Every DELIVER, live or stored, stays in the recipient's durable inbox until the "
+                 "recipient acknowledges it, across dropped connections and server restarts. A "
+                 "recipient's DELIVERs carry strictly increasing server message ids, from one session "
+                 "to the next too. DELIVER_ACK carries the server message id of a DELIVER received "
+                 "in this session and not yet acknowledged, and acknowledges it and every earlier "
+                 "DELIVER of the session; an id that names no such DELIVER is UNEXPECTED_MESSAGE. "
+                 "A message reported DELIVERED, LOSSY or QUEUED is in every such recipient's inbox, "
+                 "durably, before its MSG_ACK is sent.", 2),
+        ("MUST", "A client acknowledges a DELIVER only once its application has taken that message "
+                 "and every earlier one. It remembers the highest server message id its application "
+                 "has taken, as durably as the application keeps what it was given, and drops a "
+                 "DELIVER at or below that id, or one whose id it already holds waiting to be taken, "
+                 "without handing it on (acknowledging it all the same). "
+                 "It SHOULD acknowledge within a second of its application taking a message, and at "
+                 "least every {deliver_window} messages, or the window (R7.12) stalls.", 2),
+        ("MUST", "At most {deliver_window} DELIVERs (the deliver_window the server announces in "
+                 "HELLO_OK) are unacknowledged in a session at any time; the server keeps the rest in "
+                 "the inbox and sends them, oldest first, as acknowledgements arrive. A DELIVER "
+                 "beyond the window breaks this rule at the client. A window's worth of DELIVERs "
+                 "does not count against the bound of R9.3.", 2),
+        ("MUST", "After each successful login the server sends the account's inbox from its oldest "
+                 "message: flagged STORED where it was kept while the user was offline, and "
+                 "REDELIVERED where it was meant for an earlier session of the user (which may have "
+                 "received it) that did not acknowledge it. New messages for the user join the inbox "
+                 "behind them, so they too arrive in server message id order.", 2),
+        ("MUST", "The server bounds each recipient's inbox to {max_inbox_messages} messages and "
+                 "{max_inbox_bytes} bytes of text (server options), whatever the sender's version. A "
+                 "message that does not fit is neither stored nor delivered to that recipient and is "
+                 "not counted as delivered: its MSG_ACK result is OVER_QUOTA, or UNKNOWN_USER "
+                 "('dropped') to a version-1 sender, which has no OVER_QUOTA; a broadcast skips that "
+                 "recipient."),
+        ("MUST", "When the server cannot store a message (a full disk, a failing database) it "
+                 "delivers that MSG to nobody and says so: a version-2 sender gets a non-fatal ERROR "
+                 "STORE_FAILED regarding MSG instead of MSG_ACK, a version-1 sender a fatal ERROR "
+                 "INTERNAL_ERROR. Either way no recipient received it, so sending it again "
+                 "duplicates nothing."),
+        ("MUST", "A client may have up to {msg_window} MSGs outstanding at once (the msg_window the "
+                 "server announces in HELLO_OK) instead of one (R7.2). The server answers them in "
+                 "the order it received them, each with exactly one MSG_ACK or non-fatal ERROR "
+                 "regarding MSG (STORE_FAILED, R7.15), so a client matches answers to its MSGs by "
+                 "order. While MSGs are outstanding the server owes replies, so a frame that breaks "
+                 "a rule then, a MSG beyond the window included, gets a fatal ERROR (R11.3).", 2),
     ),
     _section(
         8,
@@ -238,7 +293,8 @@ SECTIONS: tuple[Section, ...] = (
                  "ERROR IDLE_TIMEOUT; the server SHOULD PING it after half that time. Every frame "
                  "counts as activity."),
         ("MUST", "The server bounds the bytes queued for each session ({max_output_buffer} by "
-                 "default, not counting the stored messages it sends at login, R7.7); when the "
+                 "default, not counting the stored messages it sends at login, R7.7, or a version-2 "
+                 "session's window of DELIVERs, R7.12); when the "
                  "queue overflows, the server sends a fatal ERROR SLOW_CONSUMER (which a peer that "
                  "does not read may never see) and drops the connection and its queue."),
         ("MAY", "A server MAY bound the bytes a session sends per second; a session over the bound "

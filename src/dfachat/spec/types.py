@@ -30,8 +30,10 @@ from construct import (
 )
 
 from dfachat.errors import FieldInvalid, InvalidText
+from dfachat.spec.codes import since
 
 __all__ = [
+    "at_version",
     "unwrap",
     "Code",
     "Flags",
@@ -154,40 +156,45 @@ class Text(Adapter):
 class Code(Adapter):
     """An enumerated integer: only the values of ``enum`` are valid (R4.6)."""
 
-    def __init__(self, subcon: FormatField, enum: type[IntEnum]) -> None:
+    def __init__(self, subcon: FormatField, enum: type[IntEnum], *, version: int | None = None) -> None:
         super().__init__(subcon)
         self.enum = enum
+        # the members a frame of ``version`` may carry (all of them when None, R4.6)
+        self.members: tuple[IntEnum, ...] = tuple(m for m in enum if version is None or since(m) <= version)
+        self._values = {int(m): m for m in self.members}
         self.rule = "R4.6"
 
+    def at_version(self, version: int) -> Code:
+        restricted = Code(self.subcon, self.enum, version=version)
+        return self if restricted.members == self.members else restricted
+
     def _decode(self, obj: int, context: Any, path: str) -> IntEnum:
-        try:
-            return self.enum(obj)
-        except ValueError:
-            raise FieldInvalid(
-                f"{field_path(path)}: {obj} is not a {self.enum.__name__}", rule=self.rule
-            ) from None
+        value = self._values.get(obj)
+        if value is None:
+            raise FieldInvalid(f"{field_path(path)}: {obj} is not a {self.enum.__name__}", rule=self.rule)
+        return value
 
     def _encode(self, obj: Any, context: Any, path: str) -> int:
-        if not isinstance(obj, int):
+        if not isinstance(obj, int) or int(obj) not in self._values:
             raise FieldInvalid(f"{field_path(path)}: {obj!r} is not a {self.enum.__name__}", rule=self.rule)
-        try:
-            return int(self.enum(obj))
-        except (ValueError, TypeError):
-            raise FieldInvalid(
-                f"{field_path(path)}: {obj!r} is not a {self.enum.__name__}", rule=self.rule
-            ) from None
+        return int(obj)
 
 
 class Flags(Adapter):
     """A flag set: bits ``flags`` does not define are reserved and must be zero (R4.7)."""
 
-    def __init__(self, subcon: FormatField, flags: type[IntFlag]) -> None:
+    def __init__(self, subcon: FormatField, flags: type[IntFlag], *, version: int | None = None) -> None:
         super().__init__(subcon)
         self.flags = flags
-        self.mask = 0
+        self.mask = 0  # the bits a frame of ``version`` may set (all defined ones when None)
         for member in flags:
-            self.mask |= int(member)
+            if version is None or since(member) <= version:
+                self.mask |= int(member)
         self.rule = "R4.7"
+
+    def at_version(self, version: int) -> Flags:
+        restricted = Flags(self.subcon, self.flags, version=version)
+        return self if restricted.mask == self.mask else restricted
 
     def _check(self, obj: Any, path: str) -> int:
         if not isinstance(obj, int) or obj < 0 or obj & ~self.mask:
@@ -201,6 +208,22 @@ class Flags(Adapter):
 
     def _encode(self, obj: Any, context: Any, path: str) -> int:
         return self._check(obj, path)
+
+
+def at_version(con: Construct, version: int) -> Construct:
+    """``con`` as a frame of ``version`` carries it: enumeration members and flags added
+    later are undefined there (R4.6, R4.7). Returns ``con`` itself when nothing differs."""
+    if isinstance(con, Renamed):
+        inner = at_version(con.subcon, version)
+        return con if inner is con.subcon else Renamed(inner, newname=con.name, newdocs=con.docs)
+    if isinstance(con, (Code, Flags, List)):
+        return con.at_version(version)
+    if isinstance(con, Struct):
+        subcons = [at_version(sub, version) for sub in con.subcons]
+        if all(a is b for a, b in zip(subcons, con.subcons, strict=True)):
+            return con
+        return Struct(*subcons)
+    return con
 
 
 class List(Adapter):
@@ -229,6 +252,14 @@ class List(Adapter):
         self.rule = rule
         self.min_items = min_items
         self.unique = unique
+
+    def at_version(self, version: int) -> List:
+        item = at_version(self.item, version)
+        if item is self.item:
+            return self
+        return List(
+            self.count_field, item, self.max_limit, self.rule, min_items=self.min_items, unique=self.unique
+        )
 
     @property
     def max_items(self) -> int:

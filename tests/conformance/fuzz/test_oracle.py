@@ -68,7 +68,9 @@ def _say(driver: Driver, conn: Conn, *messages: Message) -> None:
 
 def _arrive(conn: Conn, message: Message) -> None:
     """The judge sees ``message`` from the target (so our side may go on)."""
-    conn.judge.receive_data(encode(message, conn.judge.encoding))
+    # HELLO_OK travels in the version it chooses, every later frame in the session's (R5.2)
+    version = message.version if message.NAME == "HELLO_OK" else conn.judge.version or 1
+    conn.judge.receive_data(encode(message, conn.judge.encoding, version))
 
 
 def _kinds(conn: Conn) -> list[tuple[str, str]]:
@@ -83,10 +85,10 @@ def _take(conn: Conn, kind: str) -> Expect:
 
 def _greeted(driver: Driver, encoding: str = "utf-8") -> Conn:
     conn = driver.conns[driver.open_conn()]
-    _say(driver, conn, HELLO(versions=SUPPORTED_VERSIONS, encoding=encoding, software="test"))
+    _say(driver, conn, HELLO(versions=driver.versions, encoding=encoding, software="test"))
     hello_ok = _take(conn, "HELLO_OK")
     assert hello_ok.check == "R5.4" and not conn.expects
-    _arrive(conn, HELLO_OK(version=max(SUPPORTED_VERSIONS), max_frame=LIMITS.max_frame, max_text=LIMITS.max_text,
+    _arrive(conn, HELLO_OK(version=max(driver.versions), max_frame=LIMITS.max_frame, max_text=LIMITS.max_text,
                            idle_timeout_s=LIMITS.idle_timeout_s, max_recipients=LIMITS.max_recipients,
                            login_attempts=LIMITS.login_attempts, encoding=encoding, software="target"))
     return conn

@@ -38,17 +38,29 @@ BOUNDS = {
     "malformed": "malformed",
     "login_attempts": "login_attempts",
     "page_size": "page_size",
+    "crashes": "crashes",
+    "deliver_window": "deliver_window",
 }
 
 
-def default_bounds(clients: int) -> dict[str, int]:
+def default_bounds(clients: int, version: int = 1) -> dict[str, int]:
     """The bounds ``dfachat check`` uses unless told otherwise.
 
     Two clients: one MSG each, one wrong password and one abort (drop or fatal
     ERROR) each. Three or more: one MSG in the whole run and no aborts or wrong
     passwords, which keeps three clients under a minute (the two-client run
     covers those); pass the options to explore more.
+
+    Protocol version 2: one MSG in the run, a deliver window of 1, no aborts or
+    wrong passwords; one client crash each (the step that exercises acknowledged
+    delivery) up to two clients. Three clients with crashes pass 3 million states;
+    without them the three-party run is about 2 million (the two-client run covers crashes).
     """
+    if version >= 2:
+        return {
+            "capacity": 8, "max_msgs": 1, "total_msgs": 1, "wrong_logins": 0, "aborts": 0,
+            "crashes": 1 if clients <= 2 else 0, "deliver_window": 1,
+        }
     if clients <= 2:
         return {"capacity": 8, "max_msgs": 1, "total_msgs": 0, "wrong_logins": 1, "aborts": 1}
     return {"capacity": 8, "max_msgs": 1, "total_msgs": 1, "wrong_logins": 0, "aborts": 0}
@@ -56,12 +68,14 @@ def default_bounds(clients: int) -> dict[str, int]:
 
 def config_from_args(args: argparse.Namespace) -> ModelConfig:
     """The model the options describe: :func:`default_bounds`, then each option given."""
-    fields = default_bounds(args.clients)  # ModelConfig field names
+    version = getattr(args, "protocol_version", None)
+    versions = {} if version is None else {"versions": (version,)}
+    fields = default_bounds(args.clients, version or 1)  # ModelConfig field names
     for option, name in BOUNDS.items():
-        value = getattr(args, option, None)
+        value = getattr(args, option, None)  # None: not given (or not an option of this CLI)
         if value is not None:
             fields[name] = value
-    return ModelConfig.for_clients(args.clients, symmetric=args.pool, wire=args.wire, **fields)
+    return ModelConfig.for_clients(args.clients, symmetric=args.pool, wire=args.wire, **fields, **versions)
 
 
 def _usage(message: str) -> int:
@@ -86,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     # (option, value, least allowed): counts start at 1, bounds at 0.
     numbers = [("clients", args.clients, 1), ("workers", args.workers, 1)]
     numbers += [("depth", args.depth, 1), ("max_states", args.max_states, 0), ("max_memory", args.max_memory, 0)]
-    numbers += [(option, getattr(args, option), 0) for option in BOUNDS]
+    numbers += [(option, getattr(args, option, None), 0) for option in BOUNDS]
     for name, value, least in numbers:
         if value is not None and value < least:
             option = "--" + name.replace("_", "-")

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from dfachat.conformance.checker.model import Model, ModelConfig, Step, View
 from dfachat.conformance.checker.properties import PROPERTIES, Property
-from dfachat.fsm import TABLES
+from dfachat.fsm import TABLES_BY_VERSION
 from dfachat.spec import CLOSED_TRIGGER
 
 __all__ = ["CheckResult", "Checker", "Violation", "check", "coverage_report"]
@@ -558,10 +558,10 @@ def check(
     )
 
 
-def coverage_report(taken: set[tuple[str, str, str, int]]) -> dict[str, dict[str, Any]]:
-    """Per role: every row of its table, whether the exploration took it."""
+def coverage_report(taken: set[tuple[str, str, str, int]], version: int = 1) -> dict[str, dict[str, Any]]:
+    """Per role: every row of its table in protocol ``version``, whether the exploration took it."""
     out: dict[str, dict[str, Any]] = {}
-    for role, table in TABLES.items():
+    for role, table in TABLES_BY_VERSION[version].items():
         rows: list[dict[str, Any]] = []
         for _direction, mapping in (("send", table.send), ("recv", table.recv)):
             for state, row in mapping.items():

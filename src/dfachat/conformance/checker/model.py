@@ -24,8 +24,8 @@ DELIVER). History splits states that are otherwise equal, so it is kept to what
 a property cannot judge from one step: see :class:`Ghost`.
 
 Neither the protocol nor the server is restated here. What a client may send
-in a state is ``ClientSession._table.send[state]`` (the engine's table,
-generated from the spec) filtered by the engine itself (``send`` raises when a
+in a state is the engine's table for the session's version (``TABLES_BY_VERSION``,
+generated from the spec; the versions the clients offer are a bound, :attr:`ModelConfig.versions`) filtered by the engine itself (``send`` raises when a
 guard or the codec refuses); what either side may receive, the engines
 decide; the values come from :class:`Domain`, the one place they are given.
 The server *is* :class:`dfachat.server.core.ServerCore`, the object the
@@ -45,7 +45,10 @@ Steps (each one atomic; every interleaving of them is explored):
 * client ``i``: connect; send one message its table and the domain allow; take
   the next frame of its ``s2c`` channel (answering PING with PONG, and closing
   after BYE, a fatal ERROR or a frame its engine rejects, which it answers with
-  the engine's fatal ERROR); drop the connection (budget ``aborts``).
+  the engine's fatal ERROR); drop the connection (budget ``aborts``). With
+  :attr:`ModelConfig.applications`: its application takes the next message that
+  arrived (``take``); it crashes (budget ``crashes``), losing its connection, its
+  engine and what was not taken, but not the application's log (``crash``).
 * server, per connection: take the next frame of ``c2s`` and hand it to the core;
   finish a password check (PASS makes the connection *busy*, as in the server,
   so the check is a step of its own); PING an idle session (budget
@@ -66,13 +69,16 @@ from __future__ import annotations
 import itertools
 import logging
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import dfachat.fsm.session as engine
 from dfachat.codec import decode_frame, encode
 from dfachat.codec.messages import (  # type: ignore[attr-defined]
     DELIVER,
+    DELIVER_ACK,
     ERROR,
     HELLO,
     LIST,
@@ -107,11 +113,14 @@ from dfachat.spec import (
     ErrorCode,
     ErrorFlags,
     ListFlags,
+    Outcome,
 )
 
 __all__ = [
     "DOMAIN",
     "EOF",
+    "MODEL_VERSIONS",
+    "EvApplication",
     "Client",
     "ClientSpec",
     "Conn",
@@ -128,6 +137,9 @@ __all__ = [
     "name_key",
 ]
 
+# The protocol versions the model can explore: version 2's clients take DELIVERs into an
+# application, acknowledge what it took, and may crash (ModelConfig.crashes, ``applications``).
+MODEL_VERSIONS = (1, 2)
 EOF = None  # the end of a channel: the sender closed its side of the connection
 _HEADER_SIZE = HEADER.sizeof()
 _TYPE_AT = sum(
@@ -217,7 +229,41 @@ class ModelConfig:
     login_attempts: int = 2  # the server's limit (R6.3), announced in HELLO_OK
     page_size: int = 0  # names per AUTH_OK/USERS frame; 0: one less than the clients (R4.9)
     wire: bool = False  # channels carry encoded frames through the real codec
+    # The protocol versions each client offers in HELLO (R5.2); the model explores MODEL_VERSIONS.
+    versions: tuple[int, ...] = (1,)
+    # Client crashes each client may suffer: the process dies, losing its connection, its engine
+    # and what arrived but its application did not take; the application's log survives.
+    crashes: int = 0
+    deliver_window: int = 1  # the server's deliver_window (R7.12), announced in version 2's HELLO_OK
     domain: Domain = DOMAIN
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.versions if v not in SUPPORTED_VERSIONS]
+        if not self.versions or unknown:
+            raise ValueError(
+                f"the clients must offer protocol versions among {SUPPORTED_VERSIONS}, not {self.versions}"
+            )
+        beyond = [v for v in self.versions if v not in MODEL_VERSIONS]
+        if beyond:
+            raise ValueError(
+                f"the model checker explores protocol versions {', '.join(map(str, MODEL_VERSIONS))} only, "
+                f"not {', '.join(map(str, beyond))}"
+            )
+        if self.deliver_window < 1:
+            raise ValueError(f"the deliver window must be at least 1, not {self.deliver_window}")
+
+    @property
+    def applications(self) -> bool:
+        """Clients hand DELIVERs to an application (a step of its own) that logs what it took:
+        in version 2 (it acknowledges what was taken) and with crashes (what was not taken is lost).
+        Off in version 1 without crashes, which keeps that model as it was."""
+        return self.version >= 2 or self.crashes > 0
+
+    @property
+    def version(self) -> int:
+        """The version every session runs: the newest the clients offer (the reference server
+        supports them all and chooses the newest common one, R5.2)."""
+        return max(self.versions)
 
     @classmethod
     def for_clients(cls, n: int = 3, *, symmetric: bool = False, **bounds: Any) -> ModelConfig:
@@ -280,8 +326,11 @@ class ModelConfig:
                     "malformed",
                     "login_attempts",
                     "wire",
+                    "crashes",
+                    "deliver_window",
                 )
             },
+            "versions": list(self.versions),
             "page_size": self.pages,
             "accounts": [list(a) for a in self.registered],
             "wrong_password": self.domain.wrong_password,
@@ -314,6 +363,11 @@ class Client(NamedTuple):
     ended: str | None  # how the last session ended: bye, error, closed, dropped, rejected
     view: tuple[str, ...]  # who it was told is online (AUTH_OK and its pages, JOINED, LEFT), sorted
     collecting: bool  # AUTH_OK had MORE: USERS frames continue the login's list
+    # With ModelConfig.applications (the application above the client library):
+    crashes: int = 0  # crashes suffered; each allows one more connection (a fresh login)
+    arrived: tuple[int, ...] = ()  # ids of DELIVERs the engine took and the application did not yet
+    app: tuple[int, ...] = ()  # ids the application took, in order: its durable log (survives a crash)
+    taken: int = 0  # the highest id the application took (R7.11), kept as durably as ``app``
 
 
 class Conn(NamedTuple):
@@ -323,6 +377,9 @@ class Conn(NamedTuple):
     core: ConnectionSnapshot
     online: bool  # this connection is the account's online session (the core's presence)
     pending: tuple[str, str] | None  # (name, password) being checked: the connection is busy
+    # Version 2: what the core keeps beside the snapshot to serve the inbox (R7.12, R7.13):
+    # (cursor, caught_up, login_mark, queued DELIVERs as (message, frame)); () in version 1.
+    inbox: tuple[Any, ...] = ()
 
     @property
     def engine(self) -> SessionSnapshot:
@@ -381,6 +438,10 @@ class Ghost(NamedTuple):
         tuple[int, str], ...
     ]  # (server_msg_id, key): a DELIVER was written to key's session, sorted
     last_id: int  # the greatest server message id issued (R7.3)
+    # With ModelConfig.applications: (server_msg_id, recipient key) for every recipient a MSG_ACK
+    # reported DELIVERED, LOSSY or QUEUED (a broadcast: each session it went to). Never forgotten:
+    # an application must take each exactly once, whatever copies are left (R7.10, R7.11).
+    promised: tuple[tuple[int, str], ...] = ()
 
     # A message is *live* while a copy of it exists: a DELIVER in a channel or an entry in the
     # store. Only a live message can still be delivered, so the entries of the others are
@@ -407,12 +468,13 @@ def corrupt(frame: bytes) -> bytes:
 
 
 # Client.ended values
-ENDED_BY_BYE, ENDED_BY_ERROR, ENDED_BY_CLOSE, ENDED_BY_DROP, ENDED_BY_REJECT = (
+ENDED_BY_BYE, ENDED_BY_ERROR, ENDED_BY_CLOSE, ENDED_BY_DROP, ENDED_BY_REJECT, ENDED_BY_CRASH = (
     "bye",
     "error",
     "closed",
     "dropped",
     "rejected",
+    "crashed",
 )
 
 
@@ -513,6 +575,16 @@ class EvInternalError(NamedTuple):
     error: str
 
 
+class EvApplication(NamedTuple):
+    """Client ``client``'s application and a DELIVER: ``took`` it (appended to its log),
+    ``dropped`` it at arrival (at or below the highest id taken, R7.11), or ``lost`` it in a
+    crash (it had arrived, not been taken)."""
+
+    client: int
+    server_msg_id: int
+    what: str  # took, dropped, lost
+
+
 # --- the model -----------------------------------------------------------------------------
 
 
@@ -538,6 +610,7 @@ class Model:
                 **LIMITS.as_dict(),
                 "login_attempts": config.login_attempts,
                 "max_names_per_frame": config.pages,
+                "deliver_window": config.deliver_window,
             }
         )
         self.accounts: dict[str, tuple[str, str]] = {
@@ -549,13 +622,17 @@ class Model:
             for size in range(len(self.names) + 1)
             for subset in itertools.combinations(self.names, size)
         )
-        self.server_table = ServerSession._table
-        self.client_table = ClientSession._table
+        # Version 1's rows are a subset of every later version's, so the handshake's rows are
+        # in the session version's table too.
+        # The engine's own tables (what its sessions run, a patched table in a test included).
+        self.server_table = engine.TABLES_BY_VERSION[config.version]["server"]
+        self.client_table = engine.TABLES_BY_VERSION[config.version]["client"]
         self.pushable = PUSHABLE  # where the core may push (and PING): its rule, not a copy
-        self.waiting = frozenset(  # client states that send nothing but answers or a last ERROR
-            state
-            for state, row in self.client_table.send.items()
-            if row and set(row) <= {PONG.TYPE, ERROR.TYPE}
+        # client states that send nothing but answers or a last ERROR (and, in version 2,
+        # acknowledgements: they answer DELIVERs, not the request the client waits on)
+        answers = {PONG.TYPE, ERROR.TYPE, DELIVER_ACK.TYPE}
+        self.waiting = frozenset(
+            state for state, row in self.client_table.send.items() if row and set(row) <= answers
         )
         self.values = self._domain_table()
         self.core_config = CoreConfig(
@@ -587,7 +664,7 @@ class Model:
     def _domain_table(self) -> dict[int, Callable[[Client, int], list[Message]]]:
         table, missing = {}, []
         for spec in MESSAGES:
-            if spec.sent_by_client:
+            if spec.sent_by_client and any(spec.in_version(v) for v in self.config.versions):
                 values = getattr(self, f"values_{spec.name}", None)
                 if values is None:
                     missing.append(spec.name)
@@ -604,7 +681,7 @@ class Model:
         spec = self.config.clients[i]
         return [
             HELLO(
-                versions=SUPPORTED_VERSIONS,
+                versions=self.config.versions,
                 encoding=spec.encoding,
                 software=self.config.domain.software,
             )
@@ -644,6 +721,12 @@ class Model:
 
     def values_QUIT(self, c: Client, i: int) -> list[Message]:
         return [QUIT()]
+
+    def values_DELIVER_ACK(self, c: Client, i: int) -> list[Message]:
+        # R7.11: acknowledge, cumulatively, the newest unacknowledged DELIVER of the session whose
+        # id the application has taken (or dropped as taken before): never one it did not take.
+        taken = [sid for sid in c.engine.unacknowledged if sid <= c.taken]
+        return [DELIVER_ACK(server_msg_id=max(taken))] if taken else []
 
     def values_ERROR(self, c: Client, i: int) -> list[Message]:
         # A client that gives up: a fatal ERROR, then it closes (R10.4, R11.4); an abort.
@@ -730,7 +813,7 @@ class Model:
         hit = self._send_memo.get(key)
         if hit is None:
             session = self._restore(cls, snap)
-            index = self._branch(cls.role, cls._table.send, session, message)
+            index = self._branch(cls.role, session._table.send, session, message)
             try:
                 data = session.send(message)
             except LocalProtocolError as err:
@@ -768,7 +851,7 @@ class Model:
                 message = item.message
             else:
                 message = self.message_of(item, snap.encoding)
-                index = self._branch(cls.role, cls._recv, session, message)
+                index = self._branch(cls.role, session._recv, session, message)
                 if self.config.wire:
                     session.feed(item)
                     event = session.next_event()
@@ -938,8 +1021,12 @@ class Model:
         c = clients[i]
         k = conns[i]
         engine = c.engine
+        if c.arrived:  # the application takes the next message, connected or not
+            yield self._step(state, decoded, "client", i, "take", None, self.application_take)
+        if c.crashes < cfg.crashes and self.may_crash(c):
+            yield self._step(state, decoded, "client", i, "crash", None, self.client_crash)
         if not c.open:
-            if k is None and c.sessions < cfg.sessions:
+            if k is None and c.sessions < cfg.sessions + c.crashes:  # a crash is followed by a fresh login
                 yield self._step(state, decoded, "client", i, "connect", None, self.connect)
             return
         cstate = engine.state
@@ -1148,7 +1235,7 @@ class Model:
         _, snap = self.engine_send(ClientSession, c.engine, message)
         w.cl[i] = c._replace(engine=snap, malformed=c.malformed + 1, **self._counted(c, i, message))
         if w.cn[i] is not None:
-            w.q[i] = (*w.q[i], Malformed(corrupt(encode(message, c.engine.encoding)), message))
+            w.q[i] = (*w.q[i], Malformed(corrupt(encode(message, c.engine.encoding, c.engine.version or 1)), message))
 
     def client_close(self, w: _World, i: int, how: str) -> None:
         """The client closes its end: what it has not read is lost; the server reads EOF next."""
@@ -1162,6 +1249,28 @@ class Model:
     def client_drop(self, w: _World, i: int) -> None:
         w.cl[i] = w.cl[i]._replace(aborts=w.cl[i].aborts + 1)
         self.client_close(w, i, ENDED_BY_DROP)
+
+    def may_crash(self, c: Client) -> bool:
+        """A crash can lose something: a connection, or messages the application has not taken.
+        (A test narrows it, e.g. to crashes between a DELIVER's arrival and its taking.)"""
+        return c.open or bool(c.arrived)
+
+    def client_crash(self, w: _World, i: int) -> None:
+        """The client's process dies: its connection ends as a drop does, and its engine and
+        what arrived but was not taken die with it. The application's log and the highest id
+        it took survive (R7.11); the next connection is a fresh login."""
+        c = w.cl[i]
+        w.events.extend(EvApplication(i, sid, "lost") for sid in c.arrived)
+        w.cl[i] = c._replace(crashes=c.crashes + 1, arrived=())
+        if c.open:
+            self.client_close(w, i, ENDED_BY_CRASH)
+
+    def application_take(self, w: _World, i: int) -> None:
+        """The application takes the oldest message that arrived: into its log."""
+        c = w.cl[i]
+        sid = c.arrived[0]
+        w.cl[i] = c._replace(arrived=c.arrived[1:], app=(*c.app, sid), taken=max(c.taken, sid))
+        w.events.append(EvApplication(i, sid, "took"))
 
     def client_receive(self, w: _World, i: int) -> None:
         c = w.cl[i]
@@ -1186,7 +1295,8 @@ class Model:
                 accepted,
                 account,
                 self.config.clients[i].encoding,
-                c.msgs if before.state == "AWAIT_ACK" else None,
+                # the oldest MSG outstanding: answers come in order (R7.16; one at a time in version 1)
+                c.msgs - before.outstanding + 1 if before.state == "AWAIT_ACK" else None,
                 c.view,
             )
         )
@@ -1228,6 +1338,15 @@ class Model:
             if message.name in view:
                 view.remove(message.name)
             c = c._replace(view=tuple(view))
+        elif name == "DELIVER" and self.config.applications:
+            sid = message.server_msg_id
+            # taken before, or already waiting to be taken (a copy from before a dropped
+            # connection, which the client survived): dropped, acknowledged all the same once
+            # the application has taken the first copy (R7.11)
+            if sid <= max((c.taken, *c.arrived)):
+                w.events.append(EvApplication(i, sid, "dropped"))
+            else:
+                c = c._replace(arrived=(*c.arrived, sid))
         elif name == "BYE":
             c = c._replace(ended=ENDED_BY_BYE)
         elif name == "ERROR" and message.flags & ErrorFlags.FATAL:
@@ -1246,16 +1365,15 @@ class Model:
         w.cn[i] = k._replace(core=k.core._replace(session=snap, pinged=False))
         accepted = event is message or event is None
         rule = event.rule if isinstance(event, ProtocolViolation) else None
-        w.events.append(
-            EvServerReceived(
+        # an op, so that a replayed step (Model._server_step) reports it too
+        w.effects.apply(("event", i, EvServerReceived(
                 i,
                 message,
                 k.engine.state,
                 accepted or isinstance(event, ConnectionClosed),
                 rule,
                 isinstance(item, Malformed),
-            )
-        )
+            )))
         if event is not None:
             w.core.handle(w.conn(i), event, 0.0)
 
@@ -1323,6 +1441,18 @@ class Model:
         w.srv = w.srv._replace(online=())
         w.cn = [None if k is None else k._replace(online=False) for k in w.cn]
 
+    def promised(self, fields: dict[str, Any]) -> tuple[tuple[int, str], ...]:
+        """(server_msg_id, key) for each recipient the MSG_ACK promises the message to: a named
+        one reported DELIVERED, LOSSY or QUEUED (R7.4), or, for a broadcast, each session it
+        counted as delivered."""
+        sid = fields["server_msg_id"]
+        if not fields["recipients"]:
+            keys = fields["live"]
+        else:
+            kept = {int(Outcome.DELIVERED), int(Outcome.LOSSY), int(Outcome.QUEUED)}
+            keys = tuple(name_key(name) for name, outcome in fields["results"] if outcome in kept)
+        return tuple(sorted({(sid, key) for key in keys}))
+
     # --- the core, rebuilt from a state -----------------------------------------------------------
     def build_core(self, w: _World) -> ServerCore:
         """A core holding exactly what the state's server components say."""
@@ -1340,8 +1470,12 @@ class Model:
         conns = w.effects.conns
         for j, k in enumerate(w.cn):
             if k is not None:
-                conns[j] = core.adopt(j, k.core, address=_ADDRESS)
+                conn = conns[j] = core.adopt(j, k.core, address=_ADDRESS)
                 w.effects.states[j] = k.engine.state
+                if k.inbox:  # what ConnectionSnapshot does not carry of version 2's inbox delivery
+                    conn.cursor, conn.caught_up, conn.login_mark, queued = k.inbox
+                    conn.queued = deque(queued)
+                    conn.window_bytes = conn.session.deliver_window * self.limits.max_frame
         for key in srv.online:
             for j, k in enumerate(w.cn):
                 if k is not None and k.online and k.key == key:
@@ -1359,8 +1493,13 @@ class Model:
                 continue
             snap = conn.snapshot()
             online = conn.key is not None and presence.get(conn.key) is conn
-            if snap != k.core or online != k.online:
-                w.cn[j] = k._replace(core=snap, online=online)
+            inbox = (
+                (conn.cursor, conn.caught_up, conn.login_mark, tuple(conn.queued))
+                if (conn.session.version or 1) >= 2 and conn.key is not None
+                else ()
+            )
+            if snap != k.core or online != k.online or inbox != k.inbox:
+                w.cn[j] = k._replace(core=snap, online=online, inbox=inbox)
         store, next_id = core.storage.snapshot()  # type: ignore[attr-defined]
         stored = tuple(Stored(key, m.server_msg_id, m.sender, m.flags, m.text) for key, m in store)
         online_keys = presence.keys()
@@ -1470,10 +1609,14 @@ class _WorldEffects:
                 fields["lossy"],
             )
             w.g = w.g._replace(last_id=max(w.g.last_id, logged.server_msg_id), log=(*w.g.log, logged))
+            if m.config.applications:
+                w.g = w.g._replace(promised=(*w.g.promised, *m.promised(fields)))
         elif kind == "login":
             w.events.append(EvLogin(i, op[2], op[3], op[4]))
         elif kind == "internal":
             w.events.append(EvInternalError(i, op[2]))
+        elif kind == "event":
+            w.events.append(op[2])
 
 
 class _Blocked(Exception):

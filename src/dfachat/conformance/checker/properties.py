@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dfachat.conformance.checker.model import (
+    EvApplication,
     EvClientReceived,
     EvInternalError,
     EvLogin,
@@ -246,19 +247,31 @@ def deliver_is_faithful(e: EvClientReceived, s: View) -> bool:
     return m.text == text and bool(m.flags & DeliverFlags.LOSSY) == lossy
 
 
-@always("R7.6", on=EvWritten)
+@always("R7.6", "R7.13", on=EvWritten)
 def deliver_at_most_once(e: EvWritten, s: View) -> bool:
-    """An account is sent each server message id at most once, over all its sessions."""
+    """An account is sent each server message id at most once, over all its sessions; in
+    version 2 again only at a later login, flagged REDELIVERED or STORED (R7.13)."""
     # <= 1: the entry is forgotten in the same step when no copy of the message is left (Ghost)
-    return (
-        e.message.NAME != "DELIVER"
-        or s.ghost.written.count((e.message.server_msg_id, e.key or "")) <= 1
-    )
+    m = e.message
+    if m.NAME != "DELIVER" or s.ghost.written.count((m.server_msg_id, e.key or "")) <= 1:
+        return True
+    return s.config.version >= 2 and bool(m.flags & (DeliverFlags.REDELIVERED | DeliverFlags.STORED))
 
 
-@always("R7.7", "R7.4", on=EvStoreChanged)
+@always("R7.7", "R7.4", "R7.10", on=EvStoreChanged)
 def nothing_acknowledged_is_lost(e: EvStoreChanged, s: View) -> bool:
-    """A stored (QUEUED) message leaves the durable store only written to its recipient; restarts keep it."""
+    """A stored (QUEUED) message leaves the durable store only written to its recipient (version 1)
+    or acknowledged by a DELIVER_ACK of its recipient's session (version 2); restarts keep it."""
+    if s.config.version >= 2:
+        acked = {
+            (s.before.conns[ev.client].key, ev.message.server_msg_id)
+            for ev in s.step.events
+            if isinstance(ev, EvServerReceived) and ev.accepted and ev.message is not None
+            and ev.message.NAME == "DELIVER_ACK"
+        }
+        return all(
+            any(key == item.key and item.server_msg_id <= sid for key, sid in acked) for item in e.removed
+        )
     written = {
         (ev.message.server_msg_id, ev.key)
         for ev in s.step.events
@@ -267,7 +280,7 @@ def nothing_acknowledged_is_lost(e: EvStoreChanged, s: View) -> bool:
     return all((item.server_msg_id, item.key) in written for item in e.removed)
 
 
-@always("R7.7")
+@always("R7.7", requires=lambda config: config.version == 1)
 def no_stored_message_waits_for_an_online_user(s: View) -> bool:
     """A message stored for an offline user is delivered at that user's next login: none waits while it is online."""
     online = set(s.online)
@@ -289,6 +302,16 @@ def presence_announced_once(e: EvClientReceived, s: View) -> bool:
 def server_never_fails(e: EvInternalError, s: View) -> bool:
     """The server never fails handling a frame (no INTERNAL_ERROR of its own)."""
     return False
+
+
+def _applications(config: ModelConfig) -> bool:
+    return config.applications and not _replacement_possible(config)
+
+
+@always("R7.11", requires=_applications)
+def no_application_takes_a_message_twice(s: View) -> bool:
+    """No application takes a server message id twice, over all its sessions and crashes."""
+    return all(len(set(c.app)) == len(c.app) for c in s.clients)
 
 
 @always("R12.1", "R10.5")
@@ -317,11 +340,30 @@ def every_request_is_answered(s: View) -> bool:
 @eventually("R10.1", "R10.2", "R10.4")
 def every_quit_gets_bye(s: View) -> bool:
     """Every QUIT leads to BYE (or the server's earlier fatal ERROR) and both ends closed,
-    unless the client gave up first (it dropped the connection or sent a fatal ERROR)."""
+    unless the client gave up first (it dropped the connection, sent a fatal ERROR or crashed)."""
     return all(
-        not c.quit or (not c.open and k is None and c.ended in ("bye", "error", "dropped"))
+        not c.quit or (not c.open and k is None and c.ended in ("bye", "error", "dropped", "crashed"))
         for c, k in zip(s.clients, s.conns, strict=True)
     )
+
+
+@eventually("R7.10", "R7.11", "R7.13", requires=_applications)
+def acknowledged_reaches_the_application_once(s: View) -> bool:
+    """Every MSG whose MSG_ACK said DELIVERED, LOSSY or QUEUED for a recipient (a broadcast: for
+    each session it went to) reaches that recipient's application exactly once: once the
+    recipient is logged in and has taken and acknowledged everything that came, its
+    application's log holds it. Version 1 forgets a message once it is written (R7.7), so a
+    client crash before its application takes it refutes this there."""
+    account_of = {
+        name_key(s.config.domain.accounts[spec.accounts[0]][0]): i for i, spec in enumerate(s.config.clients)
+    }
+    for sid, key in s.ghost.promised:
+        c = s.clients[account_of[key]]
+        if sid in c.app or not c.open or c.engine.user is None or c.engine.state == "CLOSED":
+            continue  # taken, or its user is not logged in: not obliged yet
+        if not c.arrived and not any(u <= c.taken for u in c.engine.unacknowledged):
+            return False  # it has taken and acknowledged all that came, and this never came
+    return True
 
 
 @eventually("R8.1", "R8.2", "R6.5", "R6.6")
@@ -332,6 +374,11 @@ def joined_matched_by_left(s: View) -> bool:
 
 
 # --- sometimes: the model is not vacuous ----------------------------------------------------
+
+
+def _replacement_possible(config: ModelConfig) -> bool:
+    accounts = [a for c in config.clients for a in c.accounts]
+    return len(accounts) != len(set(accounts))
 
 
 def _two_users(config: ModelConfig) -> bool:
@@ -392,11 +439,6 @@ def clean_quit(e: EvClientReceived, s: View) -> bool:
     return e.accepted and e.message.NAME == "BYE" and e.state == "AWAIT_BYE"
 
 
-def _replacement_possible(config: ModelConfig) -> bool:
-    accounts = [a for c in config.clients for a in c.accounts]
-    return len(accounts) != len(set(accounts))
-
-
 @sometimes("R6.6", on=EvClientReceived, requires=_replacement_possible)
 def session_replaced(e: EvClientReceived, s: View) -> bool:
     """A second login to an account replaces the first session (fatal SESSION_REPLACED)."""
@@ -412,3 +454,21 @@ def session_replaced(e: EvClientReceived, s: View) -> bool:
 def msg_to_an_unknown_user(e: EvRouted, s: View) -> bool:
     """A MSG names someone without an account and MSG_ACK says UNKNOWN_USER."""
     return any(outcome == Outcome.UNKNOWN_USER for _, outcome in e.results)
+
+
+def _crashes_in_version_2(config: ModelConfig) -> bool:
+    return config.version >= 2 and config.crashes > 0 and config.max_msgs >= 1 and _applications(config)
+
+
+@sometimes("R7.13", on=EvClientReceived, requires=_crashes_in_version_2)
+def redelivered_after_a_crash(e: EvClientReceived, s: View) -> bool:
+    """A DELIVER a crashed session did not acknowledge comes again at the next login, flagged REDELIVERED."""
+    return (
+        e.accepted and e.message.NAME == "DELIVER" and bool(e.message.flags & DeliverFlags.REDELIVERED)
+    )
+
+
+@sometimes("R7.11", on=EvApplication, requires=_crashes_in_version_2)
+def taken_message_dropped_when_redelivered(e: EvApplication, s: View) -> bool:
+    """A message the application took before a crash comes again and the client drops it."""
+    return e.what == "dropped"

@@ -20,6 +20,7 @@ from dfachat.codec.messages import MESSAGE_CLASSES, Message, Record
 from dfachat.conformance.checker.explore import CheckResult, Violation, coverage_report
 from dfachat.conformance.checker.model import (
     EvAborted,
+    EvApplication,
     EvClientReceived,
     EvServerReceived,
     ModelConfig,
@@ -196,6 +197,12 @@ def _chart_events(violation: Violation) -> list[tuple[str, int | None, int | Non
                 out.append(("arrow", i, -1, label(step.message) + broken))
             elif step.action == "drop":
                 out.append(("note", i, None, "drops the connection"))
+            elif step.action == "crash":
+                lost = [e.server_msg_id for e in step.events if isinstance(e, EvApplication) and e.what == "lost"]
+                out.append(("note", i, None, "CRASHES" + (f", losing {', '.join(map(str, lost))} not taken" if lost else "")))
+            elif step.action == "take":
+                took = next(e.server_msg_id for e in step.events if isinstance(e, EvApplication))
+                out.append(("note", i, None, f"application takes {took}"))
             elif step.action == "receive":
                 accepted, state = _received(step)
                 if step.message is None:
@@ -203,7 +210,8 @@ def _chart_events(violation: Violation) -> list[tuple[str, int | None, int | Non
                 elif accepted is False:
                     out.append(("note", i, None, f"REJECTS {label(step.message)} in {state}"))
                 else:
-                    out.append(("note", i, None, f"takes {label(step.message)}"))
+                    dropped = any(isinstance(e, EvApplication) and e.what == "dropped" for e in step.events)
+                    out.append(("note", i, None, f"takes {label(step.message)}" + (" (dropped: taken before)" if dropped else "")))
         else:
             if step.action == "serve":
                 accepted, state = _received(step)
@@ -342,12 +350,14 @@ def _config_line(config: ModelConfig) -> str:
         f"{config.server_pings} server PING per client; {config.restarts} restart; "
         f"login attempts {config.login_attempts}, page size {config.pages}"
         + ("; wire" if config.wire else "")
+        + (f"; {config.crashes} crash per client" if config.crashes else "")
+        + (f"; protocol version {config.version}, deliver window {config.deliver_window}" if config.version >= 2 else "")
     )
     return f"{len(config.clients)} clients ({clients}); {bounds}"
 
 
 def summary_json(result: CheckResult) -> dict[str, Any]:
-    coverage = coverage_report(result.coverage)
+    coverage = coverage_report(result.coverage, result.config.version)
     return {
         "ok": result.ok,
         "config": result.config.as_dict(),
@@ -462,7 +472,7 @@ def summary_text(result: CheckResult, *, coverage: bool = True, verbose: bool = 
             f"NOT WITNESSED: {name}: the bounds never reach it (the model may be vacuous there)"
         )
     if coverage:
-        report = coverage_report(result.coverage)
+        report = coverage_report(result.coverage, result.config.version)
         lines.append("")
         lines.append(
             "coverage (rows of each role's table taken): "

@@ -114,7 +114,10 @@ def _trace_actions(data: dict[str, Any], accounts: list[Account]) -> list[dict[s
                 actions.append({"action": "send", "conn": conn_of[client], "messages": [message_json(message)],
                                 "splits": []})
             else:
-                raw = _trailing_byte(encode(message, "utf-8" if message.NAME != "MSG" else _encoding(data, client)))
+                # the sessions' version: the newest the trace's clients offered (traces before it: 1)
+                version = max(data.get("config", {}).get("versions") or [1])
+                raw = _trailing_byte(encode(message, "utf-8" if message.NAME != "MSG" else _encoding(data, client),
+                                            version))
                 actions.append({"action": "raw", "conn": conn_of[client], "hex": raw.hex(),
                                 "what": f"{message.NAME} with a byte after its last field"})
     return actions

@@ -31,8 +31,10 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +143,11 @@ class _Target:
 
     def __init__(self, command: str, env: dict[str, str]) -> None:
         self.command = command
-        self.env = env
+        # Each session plays a new server whose message ids start over: a client that remembers
+        # what its application took (R7.11) must start from nothing, so it gets an empty state
+        # directory of its own (XDG_STATE_HOME), removed when it stops.
+        self.state_dir = tempfile.mkdtemp(prefix="dfachat-fuzz-state-")
+        self.env = {"XDG_STATE_HOME": self.state_dir, **env}
         self.proc: asyncio.subprocess.Process | None = None
         self.output = bytearray()
         self._drain: asyncio.Task[None] | None = None
@@ -179,6 +185,7 @@ class _Target:
     async def stop(self, grace: float) -> int | None:
         """End the target: close its input, wait ``grace`` seconds, then TERM and KILL its group."""
         if self.proc is None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
             return None
         await self.end_input()
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
@@ -193,6 +200,7 @@ class _Target:
         if self._drain is not None:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(self._drain, timeout=1.0)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         return self.proc.returncode
 
     def tail(self) -> str:

@@ -31,8 +31,9 @@ from hypothesis import strategies as st
 from dfachat.codec import encode
 from dfachat.codec.messages import MESSAGE_CLASSES, MSG, Message  # type: ignore[attr-defined]
 from dfachat.conformance.checker.report import message_from_json, message_json
+from dfachat.conformance.fuzz.values import JUDGED_VERSIONS
 from dfachat.conformance.strategies import extreme_message
-from dfachat.fsm import TABLES
+from dfachat.fsm import TABLES_BY_VERSION
 from dfachat.spec import (
     ENCODINGS,
     ERROR_INFO,
@@ -45,6 +46,7 @@ from dfachat.spec import (
     MessageSpec,
     Outcome,
 )
+from dfachat.spec.codes import since
 from dfachat.spec.types import Ident, unwrap
 
 __all__ = [
@@ -61,6 +63,11 @@ __all__ = [
     "largest_msg_frame",
     "plans",
 ]
+
+
+# The protocol version a plan is drawn for: the newest the fuzzer judges (HELLO_OK chooses among
+# those only), so every enumeration member, flag and type a plan sends exists in it.
+VERSION = max(JUDGED_VERSIONS)
 
 
 def _pattern(message: str, field_name: str) -> str:
@@ -115,7 +122,7 @@ def largest_msg_frame(encoding: str, max_text: int, max_recipients: int) -> int:
     longest_name = "a" * LIMITS.max_name
     names = tuple(f"{longest_name[: LIMITS.max_name - 3]}{i:03d}" for i in range(max_recipients))
     sample = MSG(msg_id=0, recipients=names, text="a")
-    return len(encode(sample, encoding)) + width * max_text
+    return len(encode(sample, encoding, VERSION)) + width * max_text
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -328,8 +335,10 @@ def _push_frame(encoding: str, max_text: int) -> st.SearchStrategy[Message]:
 
     # A non-fatal ERROR's ``regarding`` must not name MSG or LIST: those end a wait (R7.9, R8.3),
     # and a push may cross a request in flight.
-    regarding = st.sampled_from([0, *(m.code for m in MESSAGES_BY_NAME.values() if m.sent_by_client and m.name not in ("MSG", "LIST"))])
-    recoverable = [code for code, info in ERROR_INFO.items() if not info.always_fatal and info.sent]
+    regarding = st.sampled_from([0, *(m.code for m in MESSAGES_BY_NAME.values()
+                                      if m.sent_by_client and m.in_version(VERSION) and m.name not in ("MSG", "LIST"))])
+    recoverable = [code for code, info in ERROR_INFO.items()
+                   if not info.always_fatal and info.sent and since(code) <= VERSION]
     error = st.builds(
         lambda code, reg, reason: ERROR(code=code, flags=ErrorFlags(0), regarding=reg, rule=ERROR_INFO[code].rule, reason=reason),
         st.sampled_from(recoverable), regarding, st.from_regex(REASON_PATTERN, fullmatch=True).map(lambda r: r[:40]),
@@ -388,9 +397,10 @@ ATTACKS: tuple[str, ...] = (
 # Candidates for the "unexpected" attack: every type but those the client accepts in every state
 # it can be in while the session is open (what the server may always send, like a fatal ERROR or
 # BYE); the judge keeps only the real violations of the state the attack lands in.
-_CLIENT = TABLES["client"]
+_CLIENT = TABLES_BY_VERSION[VERSION]["client"]
 _ALWAYS_ACCEPTED = frozenset.intersection(*(frozenset(_CLIENT.recv[s]) for s in _CLIENT.states if _CLIENT.recv[s]))
-UNEXPECTED_CANDIDATES: tuple[MessageSpec, ...] = tuple(m for m in MESSAGES if m.code not in _ALWAYS_ACCEPTED)
+UNEXPECTED_CANDIDATES: tuple[MessageSpec, ...] = tuple(
+    m for m in MESSAGES if m.in_version(VERSION) and m.code not in _ALWAYS_ACCEPTED)
 
 
 @st.composite
@@ -403,7 +413,7 @@ def _attack(draw: st.DrawFn, encoding: str, kind: str) -> Attack:
         # large already: no more entropy): a server message out of place, a client-only one
         # (R12.3), or (at "hello") a HELLO_OK that does not match the offer (R5.5).
         spec = draw(st.sampled_from(UNEXPECTED_CANDIDATES))
-        base = extreme_message(spec, encoding, largest=False)
+        base = extreme_message(spec, encoding, largest=False, version=VERSION)
     return Attack(kind=kind, message=base, value=draw(st.integers(0, 255)))
 
 
@@ -418,8 +428,8 @@ def plans(draw: st.DrawFn, *, encodings: tuple[str, ...] | None = None) -> Plan:
     kind = draw(st.sampled_from(("input-end", "input-end", "bye", "fatal", "fatal", "attack", "attack", "hangup")))
     # A server ends a session with a fatal ERROR of its own (time-out, capacity, replaced ...), not
     # with the codes that answer a client's framing (section 2) or handshake (section 5).
-    fatal_codes = [code for code, info in ERROR_INFO.items()
-                   if info.always_fatal and info.sent and info.rule.split(".")[0] not in ("R2", "R5")]
+    fatal_codes = [code for code, info in ERROR_INFO.items() if info.always_fatal and info.sent
+                   and since(code) <= VERSION and info.rule.split(".")[0] not in ("R2", "R5")]
     attack_kind = draw(st.sampled_from(ATTACKS)) if kind == "attack" else ""
     at = "idle"
     if kind in ("fatal", "attack", "bye"):
@@ -477,7 +487,8 @@ def plans(draw: st.DrawFn, *, encodings: tuple[str, ...] | None = None) -> Plan:
         Reply,
         before=st.lists(_push_frame(encoding, max_text).filter(lambda m: m.NAME != "ERROR"), max_size=3).map(tuple),
         delay_ms=st.sampled_from((0, 0, 0, 5, 60, 250)),
-        outcomes=st.lists(st.sampled_from([int(o) for o in Outcome]), min_size=1, max_size=4).map(tuple),
+        outcomes=st.lists(st.sampled_from([int(o) for o in Outcome if since(o) <= VERSION]), min_size=1,
+                          max_size=4).map(tuple),
         broadcast_delivered=st.integers(0, 5),
         page_size=st.sampled_from((LIMITS.max_names_per_frame, 1, 2, 5)),
     )

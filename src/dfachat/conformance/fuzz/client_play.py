@@ -66,6 +66,7 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
     RecipientResult,
 )
 from dfachat.conformance.fuzz.client_plan import Attack, Plan, Reply, Step, crowd
+from dfachat.conformance.fuzz.values import JUDGED_VERSIONS, other_version
 from dfachat.conformance.fuzz.verdicts import Chart, ChartEvent, define_check
 from dfachat.errors import DfachatError, FrameError, LocalProtocolError
 from dfachat.fsm import TABLES, ClientSession, ProtocolViolation, ServerSession, make_error, resolve
@@ -77,7 +78,6 @@ from dfachat.spec import (
     MAGIC,
     MESSAGES_BY_CODE,
     MESSAGES_BY_NAME,
-    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     ByeReason,
     DeliverFlags,
@@ -87,6 +87,7 @@ from dfachat.spec import (
     ListFlags,
     Outcome,
 )
+from dfachat.spec.codes import since
 
 __all__ = ["ClientPlayer", "SessionOutcome", "attack_frame", "client_rows", "describe"]
 
@@ -148,9 +149,10 @@ def describe(message: Message, limit: int = 48) -> str:
 # --- attacks: frames the client must not survive ----------------------------------------------
 
 
-def _reframe(type_code: int, payload: bytes, *, version: int = PROTOCOL_VERSION, magic: bytes = MAGIC,
+def _reframe(type_code: int, payload: bytes, *, version: int, magic: bytes = MAGIC,
              length: int | None = None) -> bytes:
-    """A frame laid out by hand (section 2), its CRC-32 right for whatever the header says."""
+    """A frame of ``version`` (the session's) laid out by hand (section 2), its CRC-32 right for
+    whatever the header says."""
     head = magic + struct.pack(">BBI", version, type_code, len(payload) if length is None else length)
     return head + payload + struct.pack(">I", zlib.crc32(head + payload))
 
@@ -175,62 +177,64 @@ def _invalid_text(encoding: str) -> bytes | None:
     return None
 
 
-def attack_frame(attack: Attack, encoding: str) -> bytes:
-    """The bytes of ``attack`` in a session of ``encoding``: one defect each, everything else right."""
+def attack_frame(attack: Attack, encoding: str, version: int = 1) -> bytes:
+    """The bytes of ``attack`` in a session of ``encoding`` and protocol ``version``: one defect
+    each, everything else right."""
     from dfachat.codec.messages import DELIVER, JOINED, LEFT  # type: ignore[attr-defined]
 
     base = attack.message if attack.message is not None else JOINED(name="Someone")
     kind = attack.kind
     if kind == "unexpected":
-        return encode(base, encoding)
+        return encode(base, encoding, version)
     if base.NAME not in ("DELIVER", "JOINED"):
         base = JOINED(name="Someone")
-    good = encode(base, encoding)
+    good = encode(base, encoding, version)
     code, payload = good[3], good[_HEADER_SIZE:-4]
     if kind == "bad-magic":
         magic = bytes([attack.value, (attack.value + 1) & 0xFF])
-        return _reframe(code, payload, magic=magic if magic != MAGIC else b"\x00\x00")
-    if kind == "bad-version":
-        version = attack.value if attack.value != PROTOCOL_VERSION else PROTOCOL_VERSION + 1
-        return _reframe(code, payload, version=version)
-    if kind == "unknown-type":
+        return _reframe(code, payload, version=version, magic=magic if magic != MAGIC else b"\x00\x00")
+    if kind == "bad-version":  # any version but the session's: another supported one is refused too (R2.2)
+        return _reframe(code, payload, version=attack.value if attack.value != version else other_version(version))
+    if kind == "unknown-type":  # a type no version defines
         unused = [c for c in range(256) if c not in MESSAGES_BY_CODE]
-        return _reframe(unused[attack.value % len(unused)], payload)
+        return _reframe(unused[attack.value % len(unused)], payload, version=version)
     if kind == "too-large":
         return good[:4] + struct.pack(">I", LIMITS.max_frame)  # the header alone: rejected on arrival (R2.4)
     if kind == "bad-crc":
         return good[:-1] + bytes([good[-1] ^ 0xFF])
     if kind == "short-payload":
-        return _reframe(code, payload[:-1])
+        return _reframe(code, payload[:-1], version=version)
     if kind == "trailing-bytes":
-        return _reframe(code, payload + bytes([attack.value]))
+        return _reframe(code, payload + bytes([attack.value]), version=version)
     if kind == "invalid-text":
         bad = _invalid_text(encoding)
         carrier = DELIVER(server_msg_id=1, timestamp_ms=0, flags=DeliverFlags(0), sender="Someone", text="")
         assert carrier.FIELDS[-1] == "text"  # the TEXT field ends the payload: its length prefix is last
-        body = encode(carrier, encoding)[_HEADER_SIZE:-4][:-2]
+        body = encode(carrier, encoding, version)[_HEADER_SIZE:-4][:-2]
         text = bad if bad is not None else b"ok"
-        return _reframe(carrier.TYPE, body + struct.pack(">H", len(text)) + text)
+        return _reframe(carrier.TYPE, body + struct.pack(">H", len(text)) + text, version=version)
     if kind == "bad-name":
-        joined = encode(JOINED(name="A"), encoding)
+        joined = encode(JOINED(name="A"), encoding, version)
         body = joined[_HEADER_SIZE:-4]
-        return _reframe(joined[3], body[:-1] + b"-")  # a name must start with a letter (R4.1)
+        return _reframe(joined[3], body[:-1] + b"-", version=version)  # a name must start with a letter (R4.1)
     if kind == "reserved-flags":
         carrier = base if base.NAME == "DELIVER" else DELIVER(
             server_msg_id=1, timestamp_ms=0, flags=DeliverFlags(0), sender="Someone", text="")
-        body = bytearray(encode(carrier, encoding)[_HEADER_SIZE:-4])
+        body = bytearray(encode(carrier, encoding, version)[_HEADER_SIZE:-4])
         at = _offset("DELIVER", "flags")
         mask = 0
-        for flag in DeliverFlags:
-            mask |= int(flag)
+        for flag in DeliverFlags:  # the session's version's flags: a later version's are reserved here (R4.7)
+            if since(flag) <= version:
+                mask |= int(flag)
         reserved = [bit for bit in (1 << i for i in range(8)) if not bit & mask]
         body[at] |= reserved[attack.value % len(reserved)]
-        return _reframe(carrier.TYPE, bytes(body))
+        return _reframe(carrier.TYPE, bytes(body), version=version)
     if kind == "bad-enum":
-        left = encode(LEFT(reason=LeftReason.QUIT, name="Someone"), encoding)
+        left = encode(LEFT(reason=LeftReason.QUIT, name="Someone"), encoding, version)
         body = bytearray(left[_HEADER_SIZE:-4])
-        body[_offset("LEFT", "reason")] = max(LeftReason) + 1 + attack.value % (255 - max(LeftReason))
-        return _reframe(left[3], bytes(body))
+        defined = max(r for r in LeftReason if since(r) <= version)
+        body[_offset("LEFT", "reason")] = defined + 1 + attack.value % (255 - defined)
+        return _reframe(left[3], bytes(body), version=version)
     raise ValueError(f"no attack {kind!r}")
 
 
@@ -391,7 +395,8 @@ class ClientPlayer:
         if isinstance(message, PING):
             self.pings[message.nonce] = time.monotonic()
         state = self.shadow.state
-        branch = resolve("client", state, f"recv_{message.NAME}", message, self.shadow)
+        branch = resolve("client", state, f"recv_{message.NAME}", message, self.shadow,
+                         version=self.shadow.version or 1)
         if branch is not None and (branch.dest == "CLOSED" or isinstance(message, BYE)):
             # The session ends here: later client frames may have crossed it (see module doc).
             self.ending_rule = branch.rule
@@ -507,7 +512,8 @@ class ClientPlayer:
             self.proven = max(self.proven, self.last_transition)
         self.quit_before = self.client_quit
         state = self.shadow.state
-        branch = resolve("client", state, f"send_{message.NAME}", message, self.shadow)
+        branch = resolve("client", state, f"send_{message.NAME}", message, self.shadow,
+                         version=self.shadow.version or 1)
         if branch is not None:
             try:
                 self.shadow.send(message)
@@ -556,7 +562,7 @@ class ClientPlayer:
         elif name == "MSG":
             limits = self.plan.limits
             out.exercise("R4.11")
-            size = len(encode(message, self.shadow.encoding)) if self.shadow.encoding in ENCODINGS else 0
+            size = len(encode(message, self.shadow.encoding, self.shadow.version or 1)) if self.shadow.encoding in ENCODINGS else 0
             for what, value, bound in (
                 ("text of", len(message.text), limits.get("max_text")),
                 ("recipient count", len(message.recipients), limits.get("max_recipients")),
@@ -703,7 +709,8 @@ class ClientPlayer:
         if ending.at == "hello" and ending.kind != "input-end":
             await self.end_session()
             return
-        common = [v for v in hello.versions if v in SUPPORTED_VERSIONS]
+        # Only versions the fuzzer can judge: a client offering (1, 2) is fuzzed in version 1 (R5.2).
+        common = [v for v in hello.versions if v in SUPPORTED_VERSIONS and v in JUDGED_VERSIONS]
         if not common or hello.encoding not in ENCODINGS:
             code = ErrorCode.UNSUPPORTED_VERSION if not common else ErrorCode.UNSUPPORTED_ENCODING
             await self.send(make_error(code, f"HELLO offers {hello.versions} / {hello.encoding}", regarding=hello.TYPE))
@@ -806,7 +813,8 @@ class ClientPlayer:
                                        rule=ERROR_INFO[code].rule, fatal=True))
             await self._linger()
         elif ending.kind == "attack" and ending.attack is not None:
-            data = attack_frame(ending.attack, self.shadow.encoding if self.shadow.encoding in ENCODINGS else "utf-8")
+            data = attack_frame(ending.attack, self.shadow.encoding if self.shadow.encoding in ENCODINGS else "utf-8",
+                                self.engine.version or 1)
             await self.send_raw(data, f"ATTACK {ending.attack.kind}: {data[:12].hex(' ')}...")
             if self.expected is None:
                 self.out.notes.append(f"attack {ending.attack.kind} is legal in {self.shadow.state}: not judged")

@@ -98,6 +98,7 @@ def run_server(args: argparse.Namespace) -> int:
         strict=args.strict,
         stop_on_failure=args.exitfirst,
         progress=not args.quiet,
+        versions=(getattr(args, "protocol_version", None) or 1,),
     )
     with TargetProcess(args.target_cmd, target) if args.target_cmd else contextlib.nullcontext():
         if not args.target_cmd:

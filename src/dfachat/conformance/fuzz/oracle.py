@@ -74,7 +74,7 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
 from dfachat.conformance.fuzz.verdicts import Chart, ChartEvent, define_check
 from dfachat.conformance.fuzz.wire import Target
 from dfachat.errors import FrameError, LocalProtocolError, TruncatedFrame
-from dfachat.fsm import TABLES, ClientSession, ConnectionClosed, ProtocolViolation, ServerSession
+from dfachat.fsm import ClientSession, ConnectionClosed, ProtocolViolation, ServerSession
 from dfachat.fsm._table import Branch
 from dfachat.server.core import CoreConfig, CoreConnection, ServerCore
 from dfachat.server.storage import MemoryStore, StoredMessage, name_key
@@ -95,7 +95,6 @@ from dfachat.spec import (
 
 __all__ = ["Account", "Driver", "Expect", "ServerRows"]
 
-_SERVER = TABLES["server"]
 _BACKOFF_SLACK_S = 0.02  # clock granularity when checking the R6.4 minimum delay
 # Framing errors (R2.8: no resynchronising): the codec's always-fatal frame errors, except the
 # mid-frame end of a connection (R2.9), which nothing answers.
@@ -132,9 +131,11 @@ class Account:
 
 
 class ServerRows:
-    """Rows of the server's table the oracle's sessions took: the run's transition coverage."""
+    """Rows of the server's table the oracle's sessions took: the run's transition coverage, over
+    the table of the protocol ``version`` the run's sessions speak."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: int = 1) -> None:
+        self.version = version
         self.taken: set[tuple[str, str, str, int]] = set()
 
     def take(self, state: str, trigger: str, branches: Iterable[Branch], session: Any, message: Any) -> None:
@@ -146,7 +147,7 @@ class ServerRows:
     def report(self) -> dict[str, Any]:
         from dfachat.conformance.checker.explore import coverage_report
 
-        rows = coverage_report(self.taken)["server"]["rows"]
+        rows = coverage_report(self.taken, self.version)["server"]["rows"]
         label = [f"{r['state']} {r['trigger']}{' ' + r['guards'] if r['guards'] else ''} -> {r['dest']}" for r in rows]
         return {
             "total": len(rows),
@@ -182,10 +183,10 @@ class _Session(ServerSession):
             self.rows.take(state, f"recv_{message.NAME}", self._recv[state].get(message.TYPE, ()), self, message)
         return super().receive_message(message)
 
-    def send(self, message: Message) -> bytes:
+    def send(self, message: Message, *, frame: bytes | None = None) -> bytes:
         state = self._state
         self.rows.take(state, f"send_{message.NAME}", self._table.send[state].get(message.TYPE, ()), self, message)
-        data = super().send(message)
+        data = super().send(message, frame=frame)
         self.sent = message
         return data
 
@@ -343,8 +344,10 @@ class Driver:
         verdicts: Any,
         reply_timeout: float = 1.0,
         rows: ServerRows | None = None,
+        versions: tuple[int, ...] = (1,),
     ) -> None:
         self.target = target
+        self.versions = versions  # what the driver's own HELLOs offer (R5.2)
         self.accounts = accounts
         self.by_key = {a.key: a for a in accounts}
         self.verdicts = verdicts
@@ -523,7 +526,7 @@ class Driver:
             if account is None:
                 continue
             index = self.open_conn()
-            self.send(index, [HELLO(versions=SUPPORTED_VERSIONS, encoding="utf-8", software="dfachat-fuzz")],
+            self.send(index, [HELLO(versions=self.versions, encoding="utf-8", software="dfachat-fuzz")],
                       record=False)
             if self.conns[index].judge.state == "SEND_USER":
                 self.send(index, [USER(name=account.name), PASS(password=account.password)], record=False)
@@ -686,8 +689,8 @@ class Driver:
         if isinstance(session, _Session):
             if session.sent is not message:  # a push: an internal row, taken without the engine (R8.4)
                 state = session.state
-                self.rows.take(state, f"send_{message.NAME}", _SERVER.send[state].get(message.TYPE, ()), session,
-                               message)
+                self.rows.take(state, f"send_{message.NAME}", session._table.send[state].get(message.TYPE, ()),
+                               session, message)
             session.sent = None
         if session.closed:
             conn.last_word = message

@@ -52,6 +52,7 @@ from dfachat.codec.messages import (  # type: ignore[attr-defined]
 )
 from dfachat.conformance.fuzz.oracle import Account, Driver, ServerRows, StepFailed
 from dfachat.conformance.fuzz.values import (
+    JUDGED_VERSIONS,
     MALFORMED,
     TRAILING,
     name_variants,
@@ -64,7 +65,7 @@ from dfachat.conformance.fuzz.values import (
 from dfachat.conformance.fuzz.verdicts import RunResult, Verdicts
 from dfachat.conformance.fuzz.wire import FuzzError, Target
 from dfachat.conformance.strategies import extreme_message, message_strategy
-from dfachat.fsm import TABLES
+from dfachat.fsm import TABLES_BY_VERSION
 from dfachat.spec import (
     ENCODINGS,
     LIMITS,
@@ -74,6 +75,7 @@ from dfachat.spec import (
     ErrorFlags,
     MessageSpec,
 )
+from dfachat.spec.codes import since
 
 __all__ = ["FuzzSettings", "ServerFuzzMachine", "illegal_messages", "run_server_fuzz"]
 
@@ -120,6 +122,16 @@ class FuzzSettings:
     progress: bool = True
     stop_on_failure: bool = False  # end the run once one failure is shrunk and saved
     max_wrong_logins: int = 3  # wrong passwords per real account and run: R6.4 makes each dearer
+    versions: tuple[int, ...] = JUDGED_VERSIONS  # what every HELLO offers (R5.2)
+
+    def __post_init__(self) -> None:
+        beyond = [v for v in self.versions if v not in JUDGED_VERSIONS]
+        if not self.versions or beyond:
+            raise FuzzError(
+                f"the fuzzer judges protocol version {', '.join(map(str, JUDGED_VERSIONS))} only, not "
+                f"{', '.join(map(str, beyond or self.versions))}: version 2's acknowledged delivery "
+                "(R7.10-R7.16) is future work (issue 14)"
+            )
 
 
 @dataclass(slots=True)
@@ -159,14 +171,16 @@ def _conn_choice(data: Any, conns: list[int]) -> int:
     return data.draw(st.sampled_from(conns), label="conn")
 
 
-def illegal_messages(state: str) -> list[MessageSpec]:
-    """The message types the server's table has no row for in ``state`` (its oracle session's state).
+def illegal_messages(state: str, version: int = 1) -> list[MessageSpec]:
+    """The message types of ``version`` the server's table has no row for in ``state`` (its oracle
+    session's state and version).
 
     Types the server never receives (R12.3) included: every one is UNEXPECTED_MESSAGE there,
-    whatever its fields hold, so a well-formed instance has exactly one right answer.
+    whatever its fields hold, so a well-formed instance has exactly one right answer. A type the
+    version lacks is not among them: a frame of it is an undefined type (R2.3), a malformed frame.
     """
-    rows = TABLES["server"].recv[state]
-    return [spec for spec in MESSAGES if spec.code not in rows]
+    rows = TABLES_BY_VERSION[version]["server"].recv[state]
+    return [spec for spec in MESSAGES if spec.in_version(version) and spec.code not in rows]
 
 
 class ServerFuzzMachine(RuleBasedStateMachine):
@@ -187,13 +201,14 @@ class ServerFuzzMachine(RuleBasedStateMachine):
             run.shrink_examples += 1
         cfg = run.config
         self.driver = Driver(cfg.target, cfg.accounts, verdicts=run.verdicts, reply_timeout=cfg.reply_timeout_s,
-                             rows=run.rows)
+                             rows=run.rows, versions=cfg.versions)
         self.driver.deadline = run.deadline
         self.enabled: frozenset[str] = frozenset(OPTIONAL_RULES)
         self.broken = False  # a known failure happened: the model may be out of step, do nothing more
         self.rows_before = len(run.rows.taken)
         if run.dirty:  # the last example ended in a failure: empty the server first, unjudged
-            reset = Driver(cfg.target, cfg.accounts, verdicts=Verdicts("server"), reply_timeout=cfg.reply_timeout_s)
+            reset = Driver(cfg.target, cfg.accounts, verdicts=Verdicts("server"), reply_timeout=cfg.reply_timeout_s,
+                           versions=cfg.versions)
             reset.deadline = run.deadline
             reset.lenient = True
             reset.tolerate_stored = True
@@ -300,7 +315,7 @@ class ServerFuzzMachine(RuleBasedStateMachine):
         account = data.draw(st.sampled_from(cfg.accounts), label="account")
         encoding = data.draw(st.sampled_from(tuple(ENCODINGS)), label="encoding")
         index = self.driver.open_conn()
-        self.driver.send(index, [HELLO(versions=SUPPORTED_VERSIONS, encoding=encoding, software=SOFTWARE)])
+        self.driver.send(index, [HELLO(versions=self.run.config.versions, encoding=encoding, software=SOFTWARE)])
         self._login(index, account.name, account.password, data)
         self._after()
 
@@ -329,7 +344,7 @@ class ServerFuzzMachine(RuleBasedStateMachine):
         hello = data.draw(st.integers(0, 5), label="send HELLO") > 0
         index = self.driver.open_conn()
         if hello:  # else: a connection that says nothing (a drop or the idle timeout ends it)
-            self.driver.send(index, [HELLO(versions=SUPPORTED_VERSIONS, encoding=encoding, software=SOFTWARE)])
+            self.driver.send(index, [HELLO(versions=self.run.config.versions, encoding=encoding, software=SOFTWARE)])
         self._after()
 
     @precondition(lambda self: self._open_count() < MAX_CONNS)
@@ -339,10 +354,10 @@ class ServerFuzzMachine(RuleBasedStateMachine):
         if not self._go("bad_hello"):
             return
         newest = max(SUPPORTED_VERSIONS)  # versions past it are ones the spec does not define
-        versions = data.draw(st.sampled_from(((newest + 1,), (newest + 2, newest + 1), tuple(SUPPORTED_VERSIONS))),
-                             label="versions")
+        offered = self.run.config.versions
+        versions = data.draw(st.sampled_from(((newest + 1,), (newest + 2, newest + 1), offered)), label="versions")
         encoding = data.draw(st.sampled_from(("koi8-r", "ebcdic", *ENCODINGS)), label="encoding")
-        if versions == tuple(SUPPORTED_VERSIONS) and encoding in ENCODINGS:
+        if versions == offered and encoding in ENCODINGS:
             encoding = "koi8-r"
         from dfachat.codec import encode
         from dfachat.conformance.checker.report import label
@@ -501,7 +516,8 @@ class ServerFuzzMachine(RuleBasedStateMachine):
             return
         index = _conn_choice(data, self._conns(lambda c: c.open and not c.expects and c.judge.state in
                                                ("ESTABLISHED", "SEND_USER")))
-        code = data.draw(st.sampled_from(list(ErrorCode)), label="code")
+        version = self.driver.conns[index].judge.version or 1
+        code = data.draw(st.sampled_from([c for c in ErrorCode if since(c) <= version]), label="code")
         self.driver.send(index, [ERROR(code=code, flags=ErrorFlags.FATAL, regarding=0, rule="R11.4",
                                        reason="the fuzzer gives up")])
         self._after()
@@ -516,7 +532,7 @@ class ServerFuzzMachine(RuleBasedStateMachine):
         index = _conn_choice(data, self._conns(lambda c: c.open and not c.expects and c.judge.state in
                                                ("ESTABLISHED", "SEND_USER")))
         conn = self.driver.conns[index]
-        self.driver.send_raw(index, truncated(conn.judge.encoding), "half a PING frame")
+        self.driver.send_raw(index, truncated(conn.judge.encoding, conn.judge.version or 1), "half a PING frame")
         self.driver.drop(index)
         self._after()
 
@@ -534,7 +550,8 @@ class ServerFuzzMachine(RuleBasedStateMachine):
         index = _conn_choice(data, self._conns(lambda c: c.open and not c.expects and c.judge.state in
                                                ("ESTABLISHED", "SEND_USER")))
         conn = self.driver.conns[index]
-        options = illegal_messages(conn.server_state)
+        version = conn.judge.version or 1
+        options = illegal_messages(conn.server_state, version)
         if not options:
             return
         spec = data.draw(st.sampled_from(options), label="illegal type")
@@ -543,16 +560,16 @@ class ServerFuzzMachine(RuleBasedStateMachine):
         # example no entropy (long examples overrun Hypothesis's buffer and are lost), else drawn.
         bound = data.draw(st.sampled_from(("lower", "upper", "lower", "drawn")), label="illegal values")
         if bound == "drawn":
-            message = data.draw(message_strategy(spec, encoding), label="illegal message")
+            message = data.draw(message_strategy(spec, encoding, version), label="illegal message")
         else:
-            message = extreme_message(spec, encoding, largest=bound == "upper")
+            message = extreme_message(spec, encoding, largest=bound == "upper", version=version)
         from dfachat.codec import encode
         from dfachat.conformance.checker.report import label
 
-        frame = encode(message, encoding)
+        frame = encode(message, encoding, version)
         if len(frame) > self.driver.limits.max_frame:  # the target's announced limit (R4.11) would answer first
-            message = extreme_message(spec, encoding, largest=False)
-            frame = encode(message, encoding)
+            message = extreme_message(spec, encoding, largest=False, version=version)
+            frame = encode(message, encoding, version)
         self.driver.send_raw(index, frame, f"{label(message)} (illegal here)")
         self._after()
 
@@ -567,7 +584,7 @@ class ServerFuzzMachine(RuleBasedStateMachine):
                                                ("ESTABLISHED", "SEND_USER")))
         conn = self.driver.conns[index]
         builder = data.draw(st.sampled_from([*MALFORMED.values(), TRAILING]), label="defect")
-        frame_bytes, what = builder(conn.judge.state == "ESTABLISHED", conn.judge.encoding)
+        frame_bytes, what = builder(conn.judge.state == "ESTABLISHED", conn.judge.encoding, conn.judge.version or 1)
         self.driver.send_raw(index, frame_bytes, what)
         self._after()
 
@@ -603,11 +620,12 @@ def run_server_fuzz(config: FuzzSettings) -> RunResult:
     started = time.monotonic()
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
     verdicts = Verdicts("server")
-    rows = ServerRows()
+    rows = ServerRows(max(config.versions))
     run = _Run(config, verdicts, rows, deadline=started + config.time_budget_s)
     result = RunResult("server", str(config.target), verdicts, seed=seed, strict=config.strict)
     result.settings = {"max_examples": config.max_examples, "time_budget_s": config.time_budget_s,
-                       "reply_timeout_s": config.reply_timeout_s, "accounts": [a.name for a in config.accounts]}
+                       "reply_timeout_s": config.reply_timeout_s, "accounts": [a.name for a in config.accounts],
+                       "versions": list(config.versions)}
     _RUN = run
     try:
         for round_number in range(16):  # a round per distinct fault found, bounded

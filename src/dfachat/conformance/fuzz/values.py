@@ -42,11 +42,23 @@ from dfachat.spec import (
     LIMITS,
     MAGIC,
     MESSAGES_BY_NAME,
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
 )
 from dfachat.spec.types import unwrap
 
-__all__ = ["MALFORMED", "TRAILING", "uint_max", "uint_strategy", "frame", "name_variants", "text_strategy", "unknown_names"]
+__all__ = ["JUDGED_VERSIONS", "MALFORMED", "TRAILING", "other_version", "uint_max", "uint_strategy", "frame", "name_variants", "text_strategy", "unknown_names"]
+
+
+# The protocol versions the fuzzer can judge a session in. Version 2 (acknowledged delivery,
+# R7.10-R7.16) needs an oracle that acknowledges DELIVERs and follows the inbox: future work
+# (issue 14). Sessions offer these; in client mode HELLO_OK picks among them only.
+JUDGED_VERSIONS: tuple[int, ...] = (1,)
+
+
+def other_version(version: int) -> int:
+    """A version a frame of a ``version`` session must not carry (R2.2): another supported one
+    (a real version, refused because it is not the session's), else the one past the newest."""
+    return next((v for v in SUPPORTED_VERSIONS if v != version), max(SUPPORTED_VERSIONS) + 1)
 
 
 def _field(message: str, name: str) -> Any:
@@ -87,9 +99,9 @@ def unknown_names(known: set[str]) -> st.SearchStrategy[str]:
 # --- malformed frames -----------------------------------------------------------------------
 
 
-def frame(type_code: int, payload: bytes, *, version: int = PROTOCOL_VERSION, magic: bytes = MAGIC,
+def frame(type_code: int, payload: bytes, *, version: int, magic: bytes = MAGIC,
           length: int | None = None, good_crc: bool = True) -> bytes:
-    """A frame laid out by hand (section 2): header, payload, CRC-32."""
+    """A frame of protocol ``version`` (the session's) laid out by hand (section 2): header, payload, CRC-32."""
     head = magic + struct.pack(">BBI", version, type_code, len(payload) if length is None else length)
     crc = zlib.crc32(head + payload) ^ (0 if good_crc else 0xFFFFFFFF)
     return head + payload + struct.pack(">I", crc)
@@ -118,43 +130,48 @@ def _msg_payload(text: bytes, recipients: tuple[bytes, ...] = ()) -> bytes:
     return struct.pack(">IB", 1, len(recipients)) + names + struct.pack(">H", len(text)) + text
 
 
-def _invalid_text_frame(authenticated: bool, encoding: str) -> tuple[bytes, str]:
+def _invalid_text_frame(authenticated: bool, encoding: str, version: int) -> tuple[bytes, str]:
     bad = _invalid_text(encoding)
     if not bad:  # latin-1 decodes every byte: no invalid text to send
-        return MALFORMED[MalformedPayload](authenticated, encoding)
+        return MALFORMED[MalformedPayload](authenticated, encoding, version)
     if authenticated:
-        return frame(_code("MSG"), _msg_payload(bad)), f"MSG with text invalid in {encoding}"
-    pair = frame(_code("USER"), b"\x01a") + frame(_code("PASS"), struct.pack(">H", len(bad)) + bad)
+        return frame(_code("MSG"), _msg_payload(bad), version=version), f"MSG with text invalid in {encoding}"
+    pair = frame(_code("USER"), b"\x01a", version=version) + frame(
+        _code("PASS"), struct.pack(">H", len(bad)) + bad, version=version)
     return pair, f"USER, then PASS with text invalid in {encoding}"
 
 
-# Each builder: (authenticated, session encoding) -> (frame, description). Keyed by the error class
-# it provokes; the answer a server owes is the oracle core's decoder's, not restated here.
-Builder = Callable[[bool, str], tuple[bytes, str]]
+# Each builder: (authenticated, session encoding, session version) -> (frame, description). Keyed by
+# the error class it provokes; the answer a server owes is the oracle core's decoder's, not restated here.
+Builder = Callable[[bool, str, int], tuple[bytes, str]]
 
 MALFORMED: dict[type[FrameError], Builder] = {
-    BadMagic: lambda auth, enc: (frame(_code("PING"), _ping_payload(), magic=b"XX"), "frame with bad magic"),
-    UnsupportedVersion: lambda auth, enc: (
-        frame(_code("PING"), _ping_payload(), version=PROTOCOL_VERSION + 1), "frame of another version"),
-    FrameTooLarge: lambda auth, enc: (
-        frame(_code("PING"), b"", length=LIMITS.max_frame - FRAME_OVERHEAD + 1)[:8], "header of an oversized frame"),
-    ChecksumMismatch: lambda auth, enc: (frame(_code("PING"), _ping_payload(), good_crc=False), "frame with a bad CRC"),
-    UnknownMessageType: lambda auth, enc: (
-        frame(min(set(range(1, 256)) - set(MESSAGE_CLASSES_BY_CODE)), b""), "frame of an undefined type"),
-    MalformedPayload: lambda auth, enc: (
-        (frame(_code("PING"), b"\x00\x01"), "PING with a short payload (R2.6)") if auth
-        else (frame(_code("USER"), b"\x05ab"), "USER with a short payload (R2.6)")),
-    InvalidText: lambda auth, enc: _invalid_text_frame(auth, enc),
-    FieldInvalid: lambda auth, enc: (
-        (frame(_code("MSG"), _msg_payload(b"hi", (b"9lives",))), "MSG to a name that breaks R4.1") if auth
-        else (frame(_code("USER"), b"\x06_bad!!"), "USER with a name that breaks R4.1")),
+    BadMagic: lambda auth, enc, v: (
+        frame(_code("PING"), _ping_payload(), version=v, magic=b"XX"), "frame with bad magic"),
+    UnsupportedVersion: lambda auth, enc, v: (
+        frame(_code("PING"), _ping_payload(), version=other_version(v)), f"frame of version {other_version(v)}"),
+    FrameTooLarge: lambda auth, enc, v: (
+        frame(_code("PING"), b"", version=v, length=LIMITS.max_frame - FRAME_OVERHEAD + 1)[:8],
+        "header of an oversized frame"),
+    ChecksumMismatch: lambda auth, enc, v: (
+        frame(_code("PING"), _ping_payload(), version=v, good_crc=False), "frame with a bad CRC"),
+    # a type no version defines: undefined in the session's version too (R2.3)
+    UnknownMessageType: lambda auth, enc, v: (
+        frame(min(set(range(1, 256)) - set(MESSAGE_CLASSES_BY_CODE)), b"", version=v), "frame of an undefined type"),
+    MalformedPayload: lambda auth, enc, v: (
+        (frame(_code("PING"), b"\x00\x01", version=v), "PING with a short payload (R2.6)") if auth
+        else (frame(_code("USER"), b"\x05ab", version=v), "USER with a short payload (R2.6)")),
+    InvalidText: _invalid_text_frame,
+    FieldInvalid: lambda auth, enc, v: (
+        (frame(_code("MSG"), _msg_payload(b"hi", (b"9lives",)), version=v), "MSG to a name that breaks R4.1") if auth
+        else (frame(_code("USER"), b"\x06_bad!!", version=v), "USER with a name that breaks R4.1")),
 }
 """Frames with one defect each, per error class of :mod:`dfachat.errors` (the mid-frame drop of
 :class:`TruncatedFrame` is an action of its own: nothing can be answered, R2.9)."""
 
-TRAILING: Builder = lambda auth, enc: (  # noqa: E731 - the second MalformedPayload (R2.7)
-    (frame(_code("LIST"), b"\x00"), "LIST with a byte after its layout (R2.7)") if auth
-    else (frame(_code("USER"), b"\x02ab\x00"), "USER with a byte after its layout (R2.7)"))
+TRAILING: Builder = lambda auth, enc, v: (  # noqa: E731 - the second MalformedPayload (R2.7)
+    (frame(_code("LIST"), b"\x00", version=v), "LIST with a byte after its layout (R2.7)") if auth
+    else (frame(_code("USER"), b"\x02ab\x00", version=v), "USER with a byte after its layout (R2.7)"))
 """MALFORMED_PAYLOAD's other cause: bytes left over after the last field (R2.7)."""
 
 # Every error class the codec raises on input has a builder (or is the mid-frame drop).
@@ -162,6 +179,7 @@ _MISSING = {cls for cls in FrameError.__subclasses__() if cls not in MALFORMED a
 assert not _MISSING, f"no malformed-frame builder for {sorted(c.__name__ for c in _MISSING)}"
 
 
-def truncated(encoding: str) -> bytes:
-    """The first half of a PING frame: dropped after it, the server sees TRUNCATED_FRAME (R2.9)."""
-    return frame(_code("PING"), _ping_payload())[:7]
+def truncated(encoding: str, version: int) -> bytes:
+    """The first half of a PING frame of the session's ``version``: dropped after it, the server
+    sees TRUNCATED_FRAME (R2.9)."""
+    return frame(_code("PING"), _ping_payload(), version=version)[:7]
