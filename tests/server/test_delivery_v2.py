@@ -187,3 +187,15 @@ async def test_an_inbox_kept_across_a_restart_is_delivered_at_the_first_login(ch
     got = await deliveries(liz, 3)
     assert [d.text for d in got] == [f"before the restart {i}" for i in range(3)]
     assert all(d.flags & DeliverFlags.STORED for d in got)
+
+
+async def test_a_stall_of_the_server_itself_is_nobodys_silence(chat: Chat) -> None:
+    """A commit that holds the loop longer than the idle timeout (a slow disk) times nobody out."""
+    import time
+
+    await chat.start(limits=Limits(idle_timeout_s=2), sweep_interval_s=0.1)
+    liz = await chat.login("Liz", version=2)
+    await liz.collect(0.3)
+    time.sleep(2.5)  # the whole loop blocked, as under a slow fsync
+    events = await liz.collect(0.5)
+    assert not [e for e in events if getattr(e, "NAME", "") == "ERROR"], events

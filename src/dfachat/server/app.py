@@ -343,5 +343,9 @@ class ChatServer:
     async def _sweep_forever(self) -> None:
         interval = min(self.config.sweep_interval_s, self.config.limits.idle_timeout_s / 4)
         while True:
+            before = self.loop.time()
             await asyncio.sleep(interval)
+            late = self.loop.time() - before - interval
+            if late > interval:  # the loop itself stalled (a slow disk under a commit): not the peers
+                self.core.paused(late)
             self.core.tick(self.loop.time())

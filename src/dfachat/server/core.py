@@ -525,6 +525,13 @@ class ServerCore:
         except Exception as exc:  # kept on disk: they come back REDELIVERED and are dropped (R7.11)
             self._log(WARNING, "tidy_failed", f"could not delete acknowledged messages: {exc}", reason=str(exc))
 
+    def paused(self, seconds: float) -> None:
+        """The server could not run for ``seconds`` (its own stall): that time was nobody's
+        silence, so it does not count towards an idle timeout (R6.8, R9.2)."""
+        self._log(WARNING, "paused", f"the server stalled for {seconds:.1f} s", seconds=round(seconds, 3))
+        for conn in self.connections.values():
+            conn.last_seen += seconds
+
     def keepalive(self, conn: CoreConnection, now: float) -> None:
         """PING a quiet authenticated session (R9.1)."""
         conn.pinged = True
