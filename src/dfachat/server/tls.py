@@ -79,9 +79,6 @@ def refuse_plaintext(sock: socket.socket) -> None:
 def make_certificate(out_dir: str | Path, hosts: Sequence[str] = ("localhost", "127.0.0.1"),
                      *, force: bool = False, days: int = 365) -> tuple[Path, Path]:
     """A self-signed certificate and its key (``cert.pem``, ``key.pem``) made by the ``openssl`` binary."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise DfachatError("the openssl program is not installed (on Debian: apt install openssl)")
     if not hosts:
         raise DfachatError("give at least one --host name for the certificate")
     for host in hosts:
@@ -99,6 +96,10 @@ def make_certificate(out_dir: str | Path, hosts: Sequence[str] = ("localhost", "
     existing = [str(p) for p in (cert, key) if p.exists()]
     if existing and not force:
         raise DfachatError(f"{' and '.join(existing)} already exist; use --force to replace them")
+    # the arguments first: a bad one is named whether or not openssl is there
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise DfachatError("the openssl program is not installed (on Debian: apt install openssl)")
     names = []
     for host in hosts:
         try:
