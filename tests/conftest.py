@@ -1,5 +1,5 @@
-"""Shared test configuration: the Hypothesis profiles the tests run under, and how the tests are
-split between pytest-xdist's workers (below).
+"""Shared test configuration: the Hypothesis profiles the tests run under, where Hypothesis keeps
+what it computes once, and how the tests are split between pytest-xdist's workers (below).
 
 ``dev`` (the default): no deadline -- the codec's oracle (construct) is slow
 and machines vary, so timing is never a failure. ``ci``: the same,
@@ -8,13 +8,34 @@ or explicitly with ``HYPOTHESIS_PROFILE=ci``.
 """
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", settings.get_profile("dev"), derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+# Hypothesis keeps what it computes once per machine under its storage directory (.hypothesis/
+# in the working directory): which characters a codec encodes, for one, takes seconds of CPU.
+# The programs the tests start in scratch directories (dfachat fuzz above all) share the
+# suite's, rather than each computing it again in its first examples: seconds in which the
+# fuzzer's open sessions fall silent, so that a server with a 3 s idle timeout rightly times
+# one out, and the fuzzer, its keep-alive PING crossing the IDLE_TIMEOUT, blames the server
+# (test_fuzz_kills' reference run with the short idle timeout failed so whenever both cores
+# were busy).
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path.cwd() / ".hypothesis"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before any test runs (and before xdist starts its workers): what a fuzzer run needs at once,
+    computed here if this machine has not yet (its regular expressions draw utf-8 characters)."""
+    if not hasattr(session.config, "workerinput"):  # not in an xdist worker
+        st.characters(codec="utf-8").validate()
+
 
 
 # --- running in parallel (pytest-xdist: ``-n auto --dist loadgroup`` in pyproject.toml) ----------
@@ -23,8 +44,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.enviro
 # Two things make the split worth having:
 #
 # * A module's (or class's, or package's) fixture is built once per worker that runs a test using
-#   it, so the tests sharing an expensive one (the kill table's fuzzer runs, the checker's small
-#   model, the scenarios) must land on one worker: they get an xdist_group, and ``loadgroup``
+#   it, so the tests sharing an expensive one (the checker's small model, the scenarios, the
+#   protocol document) must land on one worker: they get an xdist_group, and ``loadgroup``
 #   hands a group out whole. Session fixtures (Xvfb) are per worker, as they must be.
 # * Tests are handed out in collection order, one at a time as workers free up. A test of half a
 #   minute handed out last runs alone while the other worker idles, so the slow ones (SLOW below,
