@@ -37,30 +37,49 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         st.characters(codec="utf-8").validate()
 
 
-
 # --- running in parallel (pytest-xdist: ``-n auto --dist loadgroup`` in pyproject.toml) ----------
 #
 # Each worker is a process of its own that collects every test and runs the ones it is handed.
-# Two things make the split worth having:
+# Three things make the split worth having:
 #
+# * Half of the suite's time is spent waiting, not computing: on sockets, idle timeouts, login
+#   back-offs, servers starting, fuzzers' time budgets. Measured on two otherwise idle cores:
+#   430-500 s of CPU in all; 330 s of wall clock with two workers, 290 s with three, 245-280 s
+#   with four. So ``-n auto`` starts two workers per core, not one; ``-n N`` or
+#   PYTEST_XDIST_AUTO_NUM_WORKERS=N says otherwise.
 # * A module's (or class's, or package's) fixture is built once per worker that runs a test using
 #   it, so the tests sharing an expensive one (the checker's small model, the scenarios, the
 #   protocol document) must land on one worker: they get an xdist_group, and ``loadgroup``
 #   hands a group out whole. Session fixtures (Xvfb) are per worker, as they must be.
 # * Tests are handed out in collection order, one at a time as workers free up. A test of half a
-#   minute handed out last runs alone while the other worker idles, so the slow ones (SLOW below,
+#   minute handed out last runs alone while the others idle, so the slow ones (SLOW below,
 #   tens of seconds each) are collected first. xdist hands out the groups first, largest first.
 
-SLOW = (
-    "tests/test_core_mutations.py::",
-    "tests/server/test_soak.py::test_short_soak_loses_nothing",
-    "tests/test_readme.py::test_the_walk_through_runs_as_written",
-    "tests/fsm/test_conversations.py::",
-    "tests/conformance/fuzz/test_server_mode.py::",
-    "tests/conformance/fuzz_client/test_client_mode.py::",
-    "tests/conformance/test_real_spec.py::",
-    "tests/test_architecture.py::test_adding_typing_reaches_every_part",
+SLOW = (  # longest first (seconds each, measured with four workers on two cores)
+    "tests/fsm/test_conversations.py::TestCrossingConversation",  # 50
+    "tests/conformance/test_real_spec.py::test_three_clients_every_property_holds",  # 35
+    "tests/test_readme.py::test_the_walk_through_runs_as_written",  # 35
+    "tests/conformance/test_fuzz_kills.py::test_the_fuzzer_catches[ignores_idle_timeout]",  # 35
+    "tests/server/test_soak.py::test_short_soak_loses_nothing",  # 15-30 each
+    "tests/fsm/test_conversations.py::TestSynchronousConversation",  # 30
+    "tests/test_core_mutations.py::test_the_fuzzer_catches",  # 10-30 each
+    "tests/conformance/test_fuzz_kills.py::test_the_fuzzer_catches",  # 10-20 each
+    "tests/conformance/fuzz/test_server_mode.py::test_the_reference_server_passes",  # 2-20 each
+    "tests/conformance/test_real_spec.py::test_two_clients_every_property_holds",  # 15
+    "tests/conformance/test_fuzz_kills.py::test_the_reference_server_passes",  # 5-10 each
+    "tests/conformance/fuzz/test_server_mode.py::",  # 5-10 each
+    "tests/conformance/fuzz_client/test_client_mode.py::",  # 2-10 each
+    "tests/test_bench.py::",  # 5 each
+    "tests/test_architecture.py::test_adding_typing_reaches_every_part",  # 5
 )
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: two workers per core (see above)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own answer: that number
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 2 * cores
 
 
 def _shared_scope(item: pytest.Item) -> str | None:
